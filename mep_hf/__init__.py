@@ -1,0 +1,22 @@
+"""mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer."""
+
+from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
+from .models import EPMLPConfig, EPMLPForImageClassification
+from .trainer import EPTrainer
+from .training_args import EPTrainingArguments
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockStack",
+    "Contrast",
+    "EPMLPConfig",
+    "EPMLPForImageClassification",
+    "EPTrainer",
+    "EPTrainingArguments",
+    "SettleConfig",
+    "SettlingDivergedError",
+    "free_phase",
+    "nudged_phases",
+    "settle",
+]

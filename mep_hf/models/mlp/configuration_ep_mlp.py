@@ -1,0 +1,38 @@
+"""Configuration of the EP multilayer perceptron."""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+from ...modeling_utils import TASK_LOSSES
+
+
+@strict
+class EPMLPConfig(PreTrainedConfig):
+    """An MLP ``input → hidden_sizes → num_labels``; each Linear(+activation) is one EP block.
+
+    Args:
+        input_size: flattened input features (784 for MNIST).
+        hidden_sizes: widths of the hidden blocks.
+        activation: any name in ``transformers.activations.ACT2FN``.
+        loss: task loss nudged by EP and reported by ``forward``: ``"cross_entropy"`` or ``"mse"``.
+    """
+
+    model_type = "ep_mlp"
+
+    input_size: int = 784
+    hidden_sizes: list[int] = field(default_factory=lambda: [1024, 1024])
+    activation: str = "tanh"
+    loss: str = "cross_entropy"
+
+    def validate_architecture(self):
+        if self.input_size < 1 or any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"sizes must be positive, got input_size={self.input_size}, hidden={self.hidden_sizes}")
+        if self.activation not in ACT2FN:
+            raise ValueError(f"unknown activation {self.activation!r}; pick one of transformers' ACT2FN")
+        if self.loss not in TASK_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {TASK_LOSSES}")

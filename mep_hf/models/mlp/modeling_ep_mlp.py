@@ -1,0 +1,86 @@
+"""EP multilayer perceptron for image classification (MNIST-sized inputs)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from ...equilibrium import BlockStack, Contrast
+from ...modeling_utils import check_finite, classification_loss, require_labels
+from .configuration_ep_mlp import EPMLPConfig
+
+
+class EPDenseBlock(nn.Module):
+    """``activation(W s + b)``: one EP block; the output block has no activation (its state holds the logits)."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str | None):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.act = ACT2FN[activation] if activation else nn.Identity()
+
+    def forward(self, s: Tensor) -> Tensor:
+        return self.act(self.linear(s))
+
+
+class EPMLPPreTrainedModel(PreTrainedModel):
+    config_class = EPMLPConfig
+    base_model_prefix = "mlp"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module):
+        """Glorot-uniform weights and zero biases keep tanh/sigmoid states in their sensitive range at any width."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+
+
+class EPMLPForImageClassification(EPMLPPreTrainedModel):
+    """MLP classifier: ``forward`` is the free phase; ``ep_stack`` hands its blocks to the EP engine."""
+
+    def __init__(self, config: EPMLPConfig):
+        super().__init__(config)
+        sizes = [config.input_size, *config.hidden_sizes, config.num_labels]
+        last = len(sizes) - 2
+        self.blocks = nn.ModuleList(
+            EPDenseBlock(i, o, None if n == last else config.activation)
+            for n, (i, o) in enumerate(zip(sizes[:-1], sizes[1:]))
+        )
+        self.post_init()
+
+    def _flatten(self, pixel_values: Tensor | None) -> Tensor:
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required")
+        check_finite("pixel_values", pixel_values)
+        if pixel_values.dim() < 2 or pixel_values[0].numel() != self.config.input_size:
+            raise ValueError(
+                f"`pixel_values` of shape {tuple(pixel_values.shape)} do not give {self.config.input_size} features "
+                "per example; expected (batch, ...) with that many values per example"
+            )
+        return pixel_values.reshape(pixel_values.shape[0], -1).to(self.dtype)
+
+    def ep_stack(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **_) -> BlockStack:
+        labels = require_labels(labels)
+        return BlockStack(
+            inputs=self._flatten(pixel_values),
+            blocks=list(self.blocks),
+            loss=lambda logits: classification_loss(self.config.loss, logits, labels),
+        )
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        labels: Tensor | None = None,
+        ep_contrast: Contrast | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | Tensor:
+        if ep_contrast is not None:
+            return ep_contrast(self.ep_stack(pixel_values, labels))
+        s = self._flatten(pixel_values)
+        for block in self.blocks:
+            s = block(s)
+        loss = None if labels is None else classification_loss(self.config.loss, s, labels)
+        return ImageClassifierOutput(loss=loss, logits=s)

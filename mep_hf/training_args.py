@@ -1,0 +1,84 @@
+"""``EPTrainingArguments``: every EP knob as a validated ``TrainingArguments`` field (works with ``HfArgumentParser``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .equilibrium import NUDGING_MODES, SETTLE_MODES, SettleConfig
+
+
+@dataclass
+class EPTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the Equilibrium Propagation settings used by :class:`~mep_hf.EPTrainer`."""
+
+    ep_beta: float = field(
+        default=0.1,
+        metadata={"help": "Nudging strength β > 0. Smaller is closer to the exact gradient but noisier in low precision."},
+    )
+    ep_nudging: str = field(
+        default="centered",
+        metadata={"help": "'centered' (±β phases, O(β²) bias) or 'positive' (one +β phase, O(β) bias, cheaper)."},
+    )
+    ep_settle_mode: str = field(
+        default="sweep",
+        metadata={"help": "'sweep' (back-to-front error sweep, exact to first order per sweep) or 'gradient'."},
+    )
+    ep_settle_steps: int = field(default=2, metadata={"help": "Maximum settling steps (sweeps) per nudged phase."})
+    ep_settle_lr: float = field(
+        default=0.2, metadata={"help": "State step size for ep_settle_mode='gradient' (unused by 'sweep')."}
+    )
+    ep_settle_tol: float = field(
+        default=0.0,
+        metadata={"help": "Stop settling early once the largest relative state change ‖Δs‖/‖s‖ falls below this (0 = off)."},
+    )
+    ep_divergence_threshold: float = field(
+        default=10.0,
+        metadata={"help": "Settling is declared diverged when the energy exceeds its start by this many times its size."},
+    )
+    mep_optimizer: str | None = field(
+        default=None,
+        metadata={"help": "Name of a MEP optimizer preset (see mep_hf.optim.PRESETS); default: the Trainer's `optim`."},
+    )
+    mep_optimizer_options: dict | str | None = field(
+        default=None, metadata={"help": "Options for the MEP preset, as a dict or a JSON string."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0):
+            raise ValueError(f"ep_beta must be a finite number > 0, got {self.ep_beta!r}")
+        if self.ep_nudging not in NUDGING_MODES:
+            raise ValueError(f"ep_nudging must be one of {NUDGING_MODES}, got {self.ep_nudging!r}")
+        if self.ep_settle_mode not in SETTLE_MODES:
+            raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {self.ep_settle_mode!r}")
+        if not (isinstance(self.ep_settle_steps, int) and self.ep_settle_steps >= 1):
+            raise ValueError(f"ep_settle_steps must be an integer >= 1, got {self.ep_settle_steps!r}")
+        if not (math.isfinite(self.ep_settle_lr) and 0 < self.ep_settle_lr <= 1):
+            raise ValueError(f"ep_settle_lr must be in (0, 1], got {self.ep_settle_lr!r}")
+        if not (math.isfinite(self.ep_settle_tol) and self.ep_settle_tol >= 0):
+            raise ValueError(f"ep_settle_tol must be >= 0, got {self.ep_settle_tol!r}")
+        if not (math.isfinite(self.ep_divergence_threshold) and self.ep_divergence_threshold > 0):
+            raise ValueError(f"ep_divergence_threshold must be > 0, got {self.ep_divergence_threshold!r}")
+        if isinstance(self.mep_optimizer_options, str):
+            try:
+                self.mep_optimizer_options = json.loads(self.mep_optimizer_options)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"mep_optimizer_options is not valid JSON: {err}") from None
+        if self.mep_optimizer_options is not None and not isinstance(self.mep_optimizer_options, dict):
+            raise ValueError(f"mep_optimizer_options must be a dict, got {type(self.mep_optimizer_options).__name__}")
+        if self.mep_optimizer_options and self.mep_optimizer is None:
+            raise ValueError("mep_optimizer_options were given but no mep_optimizer preset is set")
+
+    @property
+    def settle_config(self) -> SettleConfig:
+        return SettleConfig(
+            steps=self.ep_settle_steps,
+            mode=self.ep_settle_mode,
+            lr=self.ep_settle_lr,
+            tol=self.ep_settle_tol,
+            divergence_threshold=self.ep_divergence_threshold,
+        )

@@ -1,0 +1,115 @@
+"""EP gradients equal backprop gradients of the same loss as beta -> 0 (centered nudging, float64)."""
+
+import pytest
+import torch
+from torch import nn
+
+from mep_hf import BlockStack, EPMLPConfig, EPMLPForImageClassification, SettleConfig, free_phase, nudged_phases
+from mep_hf.equilibrium import Contrast
+
+COS_MIN, REL_MAX = 0.999, 1e-2
+
+
+def compare(params, stack: BlockStack, contrast_of, beta=1e-3, config=SettleConfig(steps=3)):
+    """Return per-tensor (cosine, relative L2 error) of the EP gradient against backprop of the stack's loss."""
+    s = stack.inputs
+    for block in stack.blocks:
+        s = block(s)
+    bp = torch.autograd.grad(stack.loss(s), params)
+    phases = nudged_phases(stack, free_phase(stack), beta, "centered", config)
+    ep = torch.autograd.grad(contrast_of(Contrast(phases)), params)
+    cos = [torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() for a, b in zip(ep, bp)]
+    rel = [((a - b).norm() / b.norm()).item() for a, b in zip(ep, bp)]
+    return cos, rel
+
+
+def assert_match(cos, rel):
+    assert min(cos) >= COS_MIN, cos
+    assert max(rel) <= REL_MAX, rel
+
+
+@pytest.mark.parametrize(
+    "hidden, activation, loss",
+    [([64, 48, 32], "tanh", "cross_entropy"), ([20] * 6, "sigmoid", "mse"), ([128], "gelu", "cross_entropy")],
+    ids=["deep-tanh-ce", "narrow-sigmoid-mse", "wide-gelu-ce"],
+)
+def test_mlp_gradients_match_backprop(hidden, activation, loss):
+    torch.manual_seed(0)
+    model = EPMLPForImageClassification(
+        EPMLPConfig(input_size=50, hidden_sizes=hidden, activation=activation, loss=loss, num_labels=7)
+    ).double()
+    x, y = torch.rand(12, 50, dtype=torch.float64), torch.randint(0, 7, (12,))
+    stack = model.ep_stack(pixel_values=x, labels=y)
+    cos, rel = compare(list(model.parameters()), stack, lambda c: model(pixel_values=x, labels=y, ep_contrast=c))
+    assert_match(cos, rel)
+
+
+def test_gradient_settling_matches_backprop():
+    """Classic synchronous gradient-descent settling reaches the same equilibrium, just in more steps."""
+    torch.manual_seed(1)
+    model = EPMLPForImageClassification(EPMLPConfig(input_size=30, hidden_sizes=[24, 24], num_labels=5)).double()
+    x, y = torch.rand(8, 30, dtype=torch.float64), torch.randint(0, 5, (8,))
+    stack = model.ep_stack(pixel_values=x, labels=y)
+    config = SettleConfig(steps=400, mode="gradient", lr=0.2)
+    cos, rel = compare(list(model.parameters()), stack, lambda c: c(stack), config=config)
+    assert_match(cos, rel)
+
+
+def _generic_stack_grads(blocks: nn.ModuleList, x, loss):
+    stack = BlockStack(inputs=x, blocks=list(blocks), loss=loss)
+    return compare(list(blocks.parameters()), stack, lambda c: c(stack))
+
+
+def test_conv_blocks_match_backprop():
+    """Any nn.Module is a block: conv blocks with pooling, then a linear read-out."""
+    torch.manual_seed(2)
+    blocks = nn.ModuleList(
+        [
+            nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2)),
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2)),
+            nn.Sequential(nn.Flatten(), nn.Linear(8 * 2 * 2, 5)),
+        ]
+    ).double()
+    x, y = torch.rand(6, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    cos, rel = _generic_stack_grads(blocks, x, lambda s: nn.functional.cross_entropy(s, y))
+    assert_match(cos, rel)
+
+
+class _Readout(nn.Module):
+    def __init__(self, dim, classes):
+        super().__init__()
+        self.norm, self.proj = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, s):
+        return self.proj(self.norm(s).mean(dim=1))
+
+
+def test_transformer_blocks_match_backprop():
+    """Self-attention + LayerNorm blocks on (batch, tokens, dim) states."""
+    torch.manual_seed(3)
+    layer = dict(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    blocks = nn.ModuleList(
+        [nn.TransformerEncoderLayer(**layer), nn.TransformerEncoderLayer(**layer), _Readout(16, 4)]
+    ).double()
+    x, y = torch.randn(5, 6, 16, dtype=torch.float64), torch.randint(0, 4, (5,))
+    cos, rel = _generic_stack_grads(blocks, x, lambda s: nn.functional.cross_entropy(s, y))
+    assert_match(cos, rel)
+
+
+def test_one_sided_nudging_is_biased_to_first_order():
+    """Positive nudging's error shrinks linearly with beta; centered nudging's is far smaller (O(beta^2))."""
+    torch.manual_seed(4)
+    model = EPMLPForImageClassification(EPMLPConfig(input_size=20, hidden_sizes=[16], num_labels=3)).double()
+    x, y = torch.rand(8, 20, dtype=torch.float64), torch.randint(0, 3, (8,))
+    params = list(model.parameters())
+    bp = torch.autograd.grad(model(pixel_values=x, labels=y).loss, params)
+
+    def error(beta, nudging):
+        stack = model.ep_stack(pixel_values=x, labels=y)
+        phases = nudged_phases(stack, free_phase(stack), beta, nudging, SettleConfig(steps=20))
+        ep = torch.autograd.grad(Contrast(phases)(stack), params)
+        return max(((a - b).norm() / b.norm()).item() for a, b in zip(ep, bp))
+
+    pos_big, pos_small = error(0.2, "positive"), error(0.1, "positive")
+    assert 1.6 < pos_big / pos_small < 2.4  # first order: halving beta halves the error
+    assert error(0.1, "centered") < 0.2 * pos_small
