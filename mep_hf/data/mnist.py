@@ -86,7 +86,8 @@ def find_mnist_source(source: str | os.PathLike | None = None, cache_dir: str | 
                     return ("pickle", candidate)
             wheel = _wheel_in(p)
             return ("wheel", wheel) if wheel else None
-        if isinstance(source, str) and _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        looks_like_file = re.search(r"\.(gz|pkl|whl|zip)$", os.fspath(source)) is not None
+        if isinstance(source, str) and _HUB_ID.match(source) and not looks_like_file:
             return ("hub", source)
         return None
     installed = _installed_pickle()
@@ -167,8 +168,16 @@ def _build_from_hub(repo_id: str) -> datasets.DatasetDict:
         ) from e
 
     def columns(ds: datasets.Dataset) -> Tuple[np.ndarray, np.ndarray]:
-        img_col = next(k for k, f in ds.features.items() if isinstance(f, datasets.Image))
-        lab_col = next(k for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel))
+        feats = ds.features
+        img_col = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
+        img_col = img_col or next((k for k in ("image", "img", "pixel_values") if k in feats), None)
+        lab_col = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
+        lab_col = lab_col or next((k for k in ("label", "labels") if k in feats), None)
+        if img_col is None or lab_col is None:
+            raise ValueError(f"{repo_id!r}: cannot find image/label columns in {feats}")
+        if isinstance(feats[img_col], datasets.Image):
+            if importlib.util.find_spec("PIL") is None:
+                raise ImportError(f"decoding the images of {repo_id!r} needs Pillow: pip install pillow")
         arr = ds.with_format("numpy")
         x = np.stack(list(arr[img_col])) if arr.num_rows else np.zeros((0, 28, 28))
         return x.astype(np.float32) / 255.0, np.asarray(arr[lab_col])

@@ -8,15 +8,17 @@ globals needed to rebuild numpy arrays (and numpy scalars) and refuses every
 other global with :class:`pickle.UnpicklingError`.
 
 The allow-list was derived by tracing ``find_class`` while loading pickles of
-numeric, string, structured, complex, bool, non-contiguous and
-Fortran-ordered arrays and numpy scalars written with protocols 0-5 (numpy 1.x
-writes ``numpy.core.*``, numpy 2.x writes ``numpy._core.*``):
+numeric, string, bytes, structured, complex, bool, datetime, object, empty,
+0-d, big-endian, non-contiguous and Fortran-ordered arrays and numpy scalars
+written with protocols 0-5 (numpy 1.x writes ``numpy.core.*``, numpy 2.x
+writes ``numpy._core.*``):
 
 * ``numpy.core.multiarray._reconstruct`` / ``numpy._core.multiarray._reconstruct``
 * ``numpy.ndarray`` and ``numpy.dtype``
 * ``numpy.core.multiarray.scalar`` / ``numpy._core.multiarray.scalar`` (numpy scalars)
 * ``numpy.core.numeric._frombuffer`` / ``numpy._core.numeric._frombuffer`` (protocol 5)
-* ``_codecs.encode`` (how Python 3 writes ``bytes`` with protocols 0-2)
+* ``_codecs.encode`` and ``builtins.bytes`` / ``__builtin__.bytes`` (how Python 3
+  writes ``bytes`` -- non-empty / empty -- with protocols 0-2)
 
 ``mnist.pkl.gz`` itself (a Python 2, protocol 2 pickle) only needs
 ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``.
@@ -72,6 +74,9 @@ _ALLOWED: Dict[Tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): _numpy_top("ndarray"),
     ("numpy", "dtype"): _numpy_top("dtype"),
     ("_codecs", "encode"): _codecs_encode,
+    # Empty byte strings (e.g. of zero-size arrays) with protocols 0-2: "__builtin__.bytes()".
+    ("builtins", "bytes"): lambda: bytes,
+    ("__builtin__", "bytes"): lambda: bytes,
 }
 for _prefix in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_prefix}.multiarray", "_reconstruct")] = _numpy_attr("multiarray", "_reconstruct")

