@@ -3,25 +3,26 @@
 This module is the whole EP algorithm. A model exposes a :class:`BlockStack` (input state ``s_0``, blocks
 ``f_1..f_L`` that are any callables such as ``nn.Module`` s, and its task loss ``L``); everything else is here.
 
-With states ``s_1..s_L`` (one row per sample, batch size ``B``)::
+With states ``s_1..s_L`` (one row per sample, batch size ``B``) and prediction errors ``e_l = s_l − f_l(s_{l−1})``::
 
-    E(s; θ)    = 1/B · Σ_l ½‖s_l − f_l(s_{l−1}; θ_l)‖²          (prediction-error energy)
-    F(s; θ, β) = E(s; θ) + β·L(s_L)                               (total energy, nudged towards the labels)
+    E(s; θ)    = 1/B · Σ_l ½‖e_l‖²                 (prediction-error energy)
+    F(s; θ, β) = E(s; θ) + β·L(s_L)                  (total energy, nudged towards the labels)
 
-* Free phase (β = 0): the minimum of F is the feed-forward pass, where every prediction error is zero.
-* Nudged phase (β ≠ 0): start from the free state and settle ``s`` towards a minimum of F with the parameters
-  held fixed. No autograd graph survives a settling step; the only autograd use is a one-block
-  vector-Jacobian product ``J_{f_{l+1}}(s_l)ᵀ e`` for the state gradient.
+* Free phase (β = 0): the minimum of F is the feed-forward pass, where every error is zero.
+* Nudged phase (β ≠ 0): starting from the free state, settle towards a stationary point of F with the parameters
+  held fixed. A phase is stored as its errors: the states follow front to back, ``s_l = f_l(s_{l−1}) + e_l``.
+  The only autograd use is the one-block vector-Jacobian product ``J_{f_{l+1}}(s_l)ᵀ e`` for the state gradient,
+  on a graph that lives for one step.
 * Contrast: ``ΔL(θ) = [E(s^{+β}) − E(s^{−β})] / 2β`` (centered) or ``E(s^{β}) / β`` (positive; at the free
-  state ``E`` and ``∂E/∂θ`` vanish). States are constants here, so ``∇θ ΔL`` is layer-local (θ_l sees only
-  ``s_{l−1}, s_l``) and tends to ``∇θ L`` of the feed-forward pass as β → 0 (Scellier & Bengio 2017).
+  state ``E`` and ``∂E/∂θ`` vanish). States are constants there, so ``∇θ ΔL`` is layer-local (θ_l sees only
+  ``s_{l−1}`` and ``e_l``) and tends to ``∇θ L`` of the feed-forward pass as β → 0 (Scellier & Bengio 2017).
 
 Two settling rules share the energy:
 
-* ``"sweep"`` (default): one sweep sets each layer's prediction error to its stationarity value, back to front
-  (``e_L = −β·B·∂L/∂s_L``, ``e_l = J_{f_{l+1}}(s_l)ᵀ e_{l+1}``), then re-places the states front to back
-  (``s_l = f_l(s_{l−1}) + e_l``). A fixed point of the sweep is exactly a stationary point of F; one sweep is
-  already exact to first order in β, so a few sweeps suffice.
+* ``"sweep"`` (default): a sweep sets each error to its stationarity value back to front,
+  ``e_L = −β·B·∂L/∂s_L`` and ``e_l = J_{f_{l+1}}(s_l)ᵀ e_{l+1}``, at the current states. A fixed point of the
+  sweep is exactly a stationary point of F, and one sweep from the free state is already exact to first order
+  in β. The forward pass that places the states after the last sweep is the contrast's own forward pass.
 * ``"gradient"``: classic synchronous gradient descent ``s ← s − lr·B·∂F/∂s`` on all layers at once.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ class BlockStack:
 class SettleConfig:
     """How a nudged phase settles. Validated by ``EPTrainingArguments``; see its field docs."""
 
-    steps: int = 3
+    steps: int = 2
     mode: str = "sweep"
     lr: float = 0.2
     tol: float = 0.0
@@ -77,76 +78,96 @@ class SettleConfig:
 
 @dataclass
 class Phase:
-    """A settled nudged phase: its β, its states ``s_1..s_L``, and how the settling went."""
+    """A settled nudged phase: its β, its errors ``e_1..e_L``, and how the settling went.
+
+    ``energy`` is F at the settled state; the contrast fills it in while placing the states.
+    """
 
     beta: float
-    states: list[Tensor]
+    errors: list[Tensor]
     steps: int
-    energy: float
+    start_energy: float
+    energy: float = math.nan
 
 
-def free_phase(stack: BlockStack) -> list[Tensor]:
-    """The β = 0 equilibrium: one feed-forward pass (all prediction errors are zero)."""
-    states, s = [], stack.inputs
-    with torch.no_grad():
-        for block in stack.blocks:
-            s = block(s)
-            states.append(s)
-    return states
+@dataclass
+class Linearization:
+    """The states ``s_1..s_L`` and each block's output at its input state, with the one-block graphs kept.
+
+    The graphs serve the state VJPs of the next settling step and die with this object; nothing chains them.
+    """
+
+    states: list[Tensor]
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+
+    def vjp(self, l: int, e: Tensor) -> Tensor:
+        """``J_{f_l}(s_{l−1})ᵀ e`` (0-based block ``l``); parameters are not differentiated."""
+        (g,) = torch.autograd.grad(self.outputs[l], self.inputs[l], e, retain_graph=True)
+        return g
 
 
-def _vjp(block: Callable[[Tensor], Tensor], s: Tensor, e: Tensor) -> Tensor:
-    """``J_f(s)ᵀ e`` for one block; parameters are not differentiated and the graph dies on return."""
+def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states: Sequence[Tensor] | None = None):
+    """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``.
+
+    With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
+    """
+    s, lin = stack.inputs, Linearization([], [], [])
     with torch.enable_grad():
-        s = s.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(block(s), s, e)
-    return g
+        for l, block in enumerate(stack.blocks):
+            if states is not None and l > 0:
+                s = states[l - 1]
+            s = s.detach().requires_grad_(l > 0)  # s_0 is clamped: no VJP into it is ever needed
+            out = block(s)
+            lin.inputs.append(s)
+            lin.outputs.append(out)
+            s = out.detach() if errors is None else out.detach() + errors[l]
+            lin.states.append(s)
+    if states is not None:
+        lin.states = [t.detach() for t in states]
+    return lin
 
 
-def _loss_and_grad(stack: BlockStack, s_last: Tensor) -> tuple[Tensor, Tensor]:
+def free_phase(stack: BlockStack) -> Linearization:
+    """The β = 0 equilibrium: the feed-forward pass, kept linearized for the first settling step."""
+    return linearize(stack)
+
+
+def _loss_and_grad(stack: BlockStack, s_last: Tensor) -> tuple[float, Tensor]:
     """Task loss at ``s_L`` and its per-sample gradient ``B·∂L/∂s_L``."""
     with torch.enable_grad():
         s = s_last.detach().requires_grad_(True)
         loss = stack.loss(s)
         (g,) = torch.autograd.grad(loss, s)
-    return loss.detach(), g * stack.batch_size
+    return float(loss.detach()), g * stack.batch_size
 
 
 def _sum_squares(t: Tensor) -> float:
-    return float(t.float().pow(2).sum())
+    return float(t.detach().float().pow(2).sum())
 
 
-def _sweep(stack: BlockStack, states: list[Tensor], errors: list[Tensor], beta: float, loss_grad: Tensor):
-    """Back to front: stationary errors; front to back: states = prediction + error."""
-    blocks, n = stack.blocks, len(states)
-    errors = list(errors)
-    errors[-1] = -beta * loss_grad
-    for l in range(n - 2, -1, -1):
-        errors[l] = _vjp(blocks[l + 1], states[l], errors[l + 1])
-    new_states, s = [], stack.inputs
-    with torch.no_grad():
-        for block, e in zip(blocks, errors):
-            s = block(s) + e
-            new_states.append(s)
-    return new_states, errors
+def _sweep(lin: Linearization, beta: float, loss_grad: Tensor) -> list[Tensor]:
+    """Back to front: each error set to its stationarity value given the layer above."""
+    errors = [-beta * loss_grad]
+    for l in range(len(lin.outputs) - 1, 0, -1):
+        errors.insert(0, lin.vjp(l, errors[0]))
+    return errors
 
 
-def _gradient_step(stack, states, errors, beta, loss_grad, lr):
+def _gradient_step(lin: Linearization, errors, beta: float, loss_grad: Tensor, lr: float) -> list[Tensor]:
     """One synchronous step of ``s ← s − lr·B·∂F/∂s`` (``B·∂F/∂s_l = e_l − J_{f_{l+1}}ᵀ e_{l+1}``)."""
-    new_states = []
-    for l, (s, e) in enumerate(zip(states, errors)):
-        if l + 1 < len(states):
-            grad = e - _vjp(stack.blocks[l + 1], s, errors[l + 1])
-        else:
-            grad = e + beta * loss_grad
-        new_states.append(s - lr * grad)
-    inputs = [stack.inputs, *new_states[:-1]]
-    with torch.no_grad():
-        new_errors = [s - block(prev) for block, prev, s in zip(stack.blocks, inputs, new_states)]
-    return new_states, new_errors
+    grads = [e - lin.vjp(l + 1, errors[l + 1]) for l, e in enumerate(errors[:-1])]
+    grads.append(errors[-1] + beta * loss_grad)
+    return [s - lr * g for s, g in zip(lin.states, grads)]
 
 
-def _check_energy(energy: float, start: float, layers: list[float], step: int, beta: float, threshold: float):
+def _energy(errors: Sequence[Tensor], loss: float, beta: float, batch_size: int) -> tuple[float, list[float]]:
+    """F = Σ_l ½‖e_l‖²/B + β·L, and the per-layer terms (for divergence reports)."""
+    layers = [0.5 * _sum_squares(e) / batch_size for e in errors]
+    return sum(layers) + beta * loss, layers
+
+
+def check_energy(energy: float, start: float, layers: Sequence[float], step: int, beta: float, threshold: float):
     """Raise when settling diverged: energy non-finite, or grown past ``start + threshold·|start|``."""
     grown = energy - start > threshold * max(abs(start), 1e-12)
     if math.isfinite(energy) and not grown:
@@ -157,67 +178,80 @@ def _check_energy(energy: float, start: float, layers: list[float], step: int, b
     raise SettlingDivergedError(
         f"settling diverged at step {step} (beta={beta:g}): the energy {what}; layer {layer + 1} of "
         f"{len(layers)} has the largest prediction error (energy {layers[layer]:.4g}). "
-        "Lower ep_settle_lr or ep_beta, or use ep_settle_mode='sweep'."
+        "Lower ep_beta (or ep_settle_lr with ep_settle_mode='gradient')."
     )
 
 
-def settle(stack: BlockStack, free_states: list[Tensor], beta: float, config: SettleConfig) -> Phase:
-    """Settle a nudged phase from the free state; stop after ``config.steps`` steps or when states move < tol."""
-    states = list(free_states)
-    errors = [torch.zeros_like(s) for s in states]
-    loss, loss_grad = _loss_and_grad(stack, states[-1])
-    start = energy = beta * float(loss)
+def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleConfig) -> Phase:
+    """Settle one nudged phase from the free state.
+
+    Stops after ``config.steps`` steps, or once the largest relative change of the errors ``‖Δe_l‖/‖e_l‖`` falls
+    below ``config.tol``.
+    """
+    lin = free
+    loss, loss_grad = _loss_and_grad(stack, lin.states[-1])
+    start = beta * loss
+    errors = [torch.zeros_like(s) for s in lin.states]
     steps = 0
     for steps in range(1, config.steps + 1):
         if config.mode == "sweep":
-            new_states, errors = _sweep(stack, states, errors, beta, loss_grad)
+            if steps > 1:  # place the states the last sweep's errors define (the last placement is the contrast's)
+                lin = linearize(stack, errors=errors)
+                loss, loss_grad = _loss_and_grad(stack, lin.states[-1])
+                energy, layers = _energy(errors, loss, beta, stack.batch_size)
+                check_energy(energy, start, layers, steps - 1, beta, config.divergence_threshold)
+            new_errors = _sweep(lin, beta, loss_grad)
         else:
-            new_states, errors = _gradient_step(stack, states, errors, beta, loss_grad, config.lr)
-        moved = max(
-            math.sqrt(_sum_squares(n - s)) / (math.sqrt(_sum_squares(s)) + 1e-12) for n, s in zip(new_states, states)
-        )
-        states = new_states
-        loss, loss_grad = _loss_and_grad(stack, states[-1])
-        layers = [0.5 * _sum_squares(e) / stack.batch_size for e in errors]
-        energy = sum(layers) + beta * float(loss)
-        _check_energy(energy, start, layers, steps, beta, config.divergence_threshold)
+            lin = linearize(stack, states=_gradient_step(lin, errors, beta, loss_grad, config.lr))
+            new_errors = [s - p.detach() for s, p in zip(lin.states, lin.outputs)]
+            loss, loss_grad = _loss_and_grad(stack, lin.states[-1])
+            energy, layers = _energy(new_errors, loss, beta, stack.batch_size)
+            check_energy(energy, start, layers, steps, beta, config.divergence_threshold)
+        moved = max(math.sqrt(_sum_squares(n - e) / (_sum_squares(n) + 1e-30)) for n, e in zip(new_errors, errors))
+        errors = new_errors
         if moved < config.tol:
             break
-    return Phase(beta=beta, states=states, steps=steps, energy=energy)
+    return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start)
 
 
-def nudged_phases(stack: BlockStack, free_states: list[Tensor], beta: float, nudging: str, config: SettleConfig):
-    """The nudged phases a contrast needs: ``+β`` alone, or ``+β`` and ``−β`` for centered nudging."""
+def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: str, config: SettleConfig):
+    """The nudged phases a contrast needs: ``+β`` alone, or ``+β`` and ``−β`` (centered), from one free pass."""
     if nudging not in NUDGING_MODES:
         raise ValueError(f"unknown nudging mode {nudging!r}; expected one of {NUDGING_MODES}")
     betas = (beta, -beta) if nudging == "centered" else (beta,)
-    return [settle(stack, free_states, b, config) for b in betas]
-
-
-def prediction_energy(stack: BlockStack, states: list[Tensor]) -> Tensor:
-    """``E(s; θ)`` with the states held constant: differentiable in the parameters only."""
-    inputs = [stack.inputs, *states[:-1]]
-    total = 0.0
-    for block, s_prev, s in zip(stack.blocks, inputs, states):
-        total = total + 0.5 * (s.detach() - block(s_prev.detach())).pow(2).sum()
-    return total / stack.batch_size
+    return [settle(stack, free, b, config) for b in betas]
 
 
 @dataclass
 class Contrast:
-    """The EP contrast ΔL for given settled phases; call it on a :class:`BlockStack` to get the scalar.
+    """The EP contrast ΔL for settled phases; call it on a :class:`BlockStack` to get the scalar.
 
     Models call it from their ``forward(..., ep_contrast=...)`` so that, under DDP, the contrast runs through the
-    wrapped model's forward and gradients are all-reduced as for any loss.
+    wrapped model's forward and gradients are all-reduced as for any loss. While placing each phase's states it
+    records the phase's final energy and checks that settling did not diverge.
     """
 
     phases: list[Phase]
+    divergence_threshold: float = SettleConfig.divergence_threshold
 
     def __call__(self, stack: BlockStack) -> Tensor:
-        plus = self.phases[0]
-        if len(self.phases) == 1:
-            return prediction_energy(stack, plus.states) / plus.beta
-        minus = self.phases[1]
-        return (prediction_energy(stack, plus.states) - prediction_energy(stack, minus.states)) / (
-            plus.beta - minus.beta
-        )
+        betas = [p.beta for p in self.phases]
+        weights = [1 / betas[0]] if len(betas) == 1 else [1 / (betas[0] - betas[1]), -1 / (betas[0] - betas[1])]
+        return sum(w * self._prediction_energy(stack, p) for w, p in zip(weights, self.phases))
+
+    def _prediction_energy(self, stack: BlockStack, phase: Phase) -> Tensor:
+        """``E(s; θ)`` with the phase's states held constant: differentiable in the parameters only.
+
+        ``s_l = f_l(s_{l−1}) + e_l`` with the prediction detached, so ``½‖s_l − f_l(s_{l−1})‖²`` has the value
+        ``½‖e_l‖²`` and the parameter gradient ``−(∂f_l/∂θ_l)ᵀ e_l``.
+        """
+        s, total = stack.inputs.detach(), 0.0
+        for block, e in zip(stack.blocks, phase.errors):
+            prediction = block(s)
+            s = prediction.detach() + e
+            total = total + 0.5 * (s - prediction).pow(2).sum()
+        with torch.no_grad():
+            loss = float(stack.loss(s))
+        phase.energy, layers = _energy(phase.errors, loss, phase.beta, stack.batch_size)
+        check_energy(phase.energy, phase.start_energy, layers, phase.steps, phase.beta, self.divergence_threshold)
+        return total / stack.batch_size

@@ -69,10 +69,11 @@ class EPTrainer(Trainer):
             stack: BlockStack = self.accelerator.unwrap_model(model).ep_stack(**inputs)
             free = free_phase(stack)
             with torch.no_grad():
-                loss = stack.loss(free[-1])
+                loss = stack.loss(free.states[-1])
             phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
+            del free  # drop the free pass's graphs before the contrast builds its own
             # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.
-            contrast = model(**inputs, ep_contrast=Contrast(phases))
+            contrast = model(**inputs, ep_contrast=Contrast(phases, args.ep_divergence_threshold))
         # Set by the Trainer's loop (the last accumulation window may be shorter); absent outside `train()`.
         steps = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
         self.accelerator.backward(contrast / steps)

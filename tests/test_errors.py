@@ -91,9 +91,8 @@ def test_diverging_settling_names_step_and_layer():
         nn.init.normal_(b.weight, std=3.0)
     y = torch.randint(0, 8, (4,))
     stack = BlockStack(torch.rand(4, 8), blocks, lambda s: nn.functional.cross_entropy(s, y))
-    with torch.no_grad():
-        with pytest.raises(SettlingDivergedError, match=r"settling diverged at step \d+ .*layer \d of 2"):
-            settle(stack, free_phase(stack), 0.5, SettleConfig(steps=50, mode="gradient", lr=1.0))
+    with pytest.raises(SettlingDivergedError, match=r"settling diverged at step \d+ .*layer \d of 2"):
+        settle(stack, free_phase(stack), 0.5, SettleConfig(steps=50, mode="gradient", lr=1.0))
 
 
 def test_settle_stops_early_at_tolerance():
@@ -102,3 +101,10 @@ def test_settle_stops_early_at_tolerance():
     stack = model.ep_stack(pixel_values=torch.rand(8, 64), labels=torch.randint(0, 4, (8,)))
     phase = settle(stack, free_phase(stack), 0.01, SettleConfig(steps=50, tol=1e-4))
     assert 2 <= phase.steps < 50
+
+
+def test_divergence_is_caught_at_the_contrast(tmp_path, dataset):
+    """With one sweep no placement happens inside settling; the contrast's placement still checks the energy."""
+    trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, ep_beta=1e4), train_dataset=dataset)
+    with pytest.raises(SettlingDivergedError, match=r"settling diverged at step 1 \(beta=10000\)"):
+        step(trainer, **dataset[:8])

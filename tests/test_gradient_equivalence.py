@@ -16,6 +16,7 @@ def compare(params, stack: BlockStack, contrast_of, beta=1e-3, config=SettleConf
     for block in stack.blocks:
         s = block(s)
     bp = torch.autograd.grad(stack.loss(s), params)
+    assert torch.equal(free_phase(stack).states[-1], s.detach())
     phases = nudged_phases(stack, free_phase(stack), beta, "centered", config)
     ep = torch.autograd.grad(contrast_of(Contrast(phases)), params)
     cos = [torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() for a, b in zip(ep, bp)]

@@ -30,7 +30,7 @@ class DiagonalNaturalGradient(MEPOptimizer):
         weight_decay: float = 0.0,
         *,
         beta: float = 0.95,
-        damping: float = 1e-2,
+        damping: float = 0.1,
         eps: float = 1e-12,
     ) -> None:
         if not 0.0 <= beta < 1.0:
