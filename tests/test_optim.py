@@ -115,6 +115,13 @@ def test_muon_orthogonalizes_conv_kernels_as_matrices():
     assert s.min() >= NS_BAND[0] and s.max() <= NS_BAND[1]
 
 
+def test_named_parameters_are_routed_by_shape():
+    model = nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 2))
+    opt = Dion(model.named_parameters(), lr=0.01, rank=4)
+    names = {g["algorithm"]: g["param_names"] for g in opt.param_groups}
+    assert names == {"dion": ["0.weight"], "adamw": ["0.bias", "1.bias"], "muon": ["1.weight"]}
+
+
 # --- Dion and error feedback -------------------------------------------------------------------------------
 
 
@@ -135,7 +142,7 @@ def test_dion_updates_have_rank_at_most_r():
 
 def test_dion_error_feedback_sums_to_the_gradients():
     """What Dion transmits each step is rank <= r, yet the transmitted sum tracks the gradient sum: the
-    relative error of the running sums falls like 1/T (here below 2% after 200 steps), while compressing
+    relative error of the running sums falls like 1/T (1.6% after 200 steps), while compressing
     each gradient alone (no feedback) keeps a constant error of about 80%."""
     g = torch.Generator().manual_seed(0)
     rows, cols, rank = 32, 24, 4
@@ -160,7 +167,7 @@ def test_dion_error_feedback_sums_to_the_gradients():
         if t in (25, 50, 100, 200):
             errors[t] = ((sent_sum - grad_sum).norm() / grad_sum.norm()).item()
     assert errors[25] > errors[50] > errors[100] > errors[200]
-    assert errors[200] < 0.02, errors
+    assert errors[200] < 0.025, errors  # measured: 0.142, 0.066, 0.034, 0.016 at T = 25, 50, 100, 200
     assert ((no_feedback_sum - grad_sum).norm() / grad_sum.norm()) > 0.5
 
 
@@ -299,7 +306,8 @@ class _Mixed(nn.Module):
 
 def _mixed_batch(step):
     g = torch.Generator().manual_seed(100 + step)
-    return torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 5, (16,), generator=g), torch.randint(0, 3, (16,), generator=g)
+    images = torch.randn(16, 1, 6, 6, generator=g)
+    return images, torch.randint(0, 5, (16,), generator=g), torch.randint(0, 3, (16,), generator=g)
 
 
 def _train(model, opt, steps, start):
@@ -351,6 +359,17 @@ def test_unknown_option_names_it_and_the_accepted_ones():
         build_optimizer("muon_backprop", _mlp(), lr=0.01, gamma=1.0)
 
 
+def test_invalid_option_values_are_refused():
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        build_optimizer("sdmep", _mlp(), lr=0.01, rank=0)
+    with pytest.raises(ValueError, match="adjust_lr must be one of"):
+        build_optimizer("smep", _mlp(), lr=0.01, adjust_lr="rms")
+    with pytest.raises(ValueError, match="need gamma > 0"):
+        build_optimizer("natural_ep", _mlp(), lr=0.01, gamma=-1.0)
+    with pytest.raises(ValueError, match="lr and weight_decay must be >= 0"):
+        build_optimizer("local_ep", _mlp(), lr=-0.01)
+
+
 def test_matrix_presets_need_a_weight_matrix():
     norms_only = nn.Sequential(nn.LayerNorm(4), nn.LayerNorm(4))
     for name in ("smep", "sdmep", "natural_ep", "muon_backprop"):
@@ -362,7 +381,8 @@ def test_matrix_presets_need_a_weight_matrix():
 def test_unsupported_parameters_are_refused():
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer("smep", nn.Sequential(nn.Linear(2, 2).requires_grad_(False)), lr=0.01)
-    complex_model = nn.Linear(3, 3).to(torch.complex64)
+    complex_model = nn.Linear(3, 3)
+    complex_model.weight = nn.Parameter(torch.zeros(3, 3, dtype=torch.complex64))
     for name in PRESETS:
         with pytest.raises(TypeError, match="complex parameters"):
             build_optimizer(name, complex_model, lr=0.01)
@@ -381,3 +401,29 @@ def test_sparse_gradients_are_refused_at_step():
 def test_matrix_algorithm_refuses_vectors():
     with pytest.raises(ValueError, match="'muon' needs parameters with >= 2 dims"):
         Muon([{"params": [nn.Parameter(torch.zeros(3))], "algorithm": "muon"}])
+
+
+# --- inside the Trainer ------------------------------------------------------------------------------------
+
+
+def test_trainer_resume_with_a_preset_continues_exactly(tmp_path, dataset):
+    """sdmep carries every kind of state (Dion basis and buffer, Muon momentum, AdamW moments, spectral vectors):
+    a run interrupted at a checkpoint and resumed ends with the same parameters as one straight run."""
+    from mep_hf import EPTrainer
+    from tests.conftest import toy_args, toy_model
+
+    common = dict(
+        max_steps=8, save_strategy="steps", save_steps=4, mep_optimizer="sdmep",
+        mep_optimizer_options={"rank": 4, "gamma": 2.0},
+    )
+    straight = EPTrainer(model=toy_model(), args=toy_args(tmp_path / "a", **common), train_dataset=dataset)
+    straight.train()
+    EPTrainer(model=toy_model(), args=toy_args(tmp_path / "b", **common), train_dataset=dataset).train()
+    checkpoint = tmp_path / "b" / "out" / "checkpoint-4"
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+    assert {"q", "buffer", "momentum_buffer", "exp_avg", "spectral_v"} <= {k for s in state.values() for k in s}
+
+    resumed = EPTrainer(model=toy_model(seed=123), args=toy_args(tmp_path / "b", **common), train_dataset=dataset)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name

@@ -2,7 +2,8 @@
 
 Every optimizer here treats a weight of shape (out, *rest) as the matrix (out, prod(rest)) -- a conv kernel
 maps its flattened receptive field to its output channels -- and refuses inputs it cannot update correctly
-(complex values, sparse gradients) with an error that names the parameter, instead of producing garbage.
+(complex values, sparse gradients) with an error naming the problem and the parameter's shape, instead of
+producing garbage.
 """
 
 from __future__ import annotations
@@ -20,10 +21,17 @@ def as_matrix(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def check_real(params: Iterable[Tensor], optimizer: str) -> None:
-    for p in params:
+def tensor_of(item: Tensor | tuple[str, Tensor]) -> Tensor:
+    """A group's params may be tensors or (name, tensor) pairs, as ``torch.optim`` allows."""
+    return item[1] if isinstance(item, tuple) else item
+
+
+def check_real(params: Iterable[Tensor | tuple[str, Tensor]], optimizer: str) -> None:
+    for p in map(tensor_of, params):
         if torch.is_complex(p):
-            raise TypeError(f"{optimizer} does not support complex parameters (got one of shape {tuple(p.shape)}, {p.dtype})")
+            raise TypeError(
+                f"{optimizer} does not support complex parameters (got one of shape {tuple(p.shape)}, {p.dtype})"
+            )
 
 
 def dense_grads(params: Iterable[Tensor], optimizer: str) -> Iterator[tuple[Tensor, Tensor]]:

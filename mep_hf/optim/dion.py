@@ -39,7 +39,8 @@ class Dion(Muon):
     Args (beyond :class:`Muon`'s):
         rank: r, the rank of each Dion update (clipped to the matrix size).
         seed: seeds the initial basis Q, so runs repeat without touching the global RNG.
-    ``momentum`` is Dion's mu: the fraction of the transmitted part kept in the buffer.
+    ``momentum`` is Dion's mu, the fraction of the transmitted part kept in the buffer (and the Muon groups'
+    momentum); ``eps`` also guards the column normalization of R; ``nesterov`` and ``ns_*`` apply to Muon groups.
     """
 
     algorithms = ("dion", "muon", "adamw")

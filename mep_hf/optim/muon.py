@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim.adamw import adamw
 
-from ._base import MEPOptimizer, as_matrix, dense_grads
+from ._base import MEPOptimizer, as_matrix, dense_grads, tensor_of
 from .newton_schulz import newton_schulz_orthogonalize
 
 LR_ADJUSTMENTS = ("match_rms_adamw", "original")
@@ -117,11 +117,11 @@ class Muon(MEPOptimizer):
         else:
             routed = {}
             for p in params:
-                routed.setdefault(self.algorithm_for(p, param_group), []).append(p)
+                routed.setdefault(self.algorithm_for(tensor_of(p), param_group), []).append(p)
         for algorithm, ps in routed.items():
             if algorithm not in self.algorithms:
                 raise ValueError(f"{name}: unknown algorithm {algorithm!r}; valid: {self.algorithms}")
-            if algorithm in self.matrix_algorithms and any(p.ndim < 2 for p in ps):
+            if algorithm in self.matrix_algorithms and any(tensor_of(p).ndim < 2 for p in ps):
                 raise ValueError(f"{name}: algorithm {algorithm!r} needs parameters with >= 2 dims")
             super().add_param_group({**param_group, "params": ps, "algorithm": algorithm})
 

@@ -13,7 +13,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
@@ -95,8 +94,6 @@ def _split_parameters(model: nn.Module) -> tuple[list, list, list]:
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        if torch.is_complex(p):
-            raise TypeError(f"the MEP optimizers do not support complex parameters (got {p.dtype}, shape {tuple(p.shape)})")
         if id(p) in embedding_ids:
             embeddings.append(p)
         elif p.ndim >= 2:
@@ -118,7 +115,9 @@ def build_optimizer(
     accepted = preset_options(name)
     for option in options:
         if option not in accepted:
-            raise ValueError(f"unknown option {option!r} for optimizer preset {name!r}; accepted: {', '.join(accepted)}")
+            raise ValueError(
+                f"unknown option {option!r} for optimizer preset {name!r}; accepted: {', '.join(accepted)}"
+            )
     matrices, embeddings, vectors = _split_parameters(model)
     if not (matrices or embeddings or vectors):
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
