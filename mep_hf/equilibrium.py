@@ -92,7 +92,8 @@ class Phase:
 
 @dataclass
 class Linearization:
-    """The states ``s_1..s_L`` and each block's output at its input state, with the one-block graphs kept.
+    """States ``s_1..s_L``, each block's output at its input state with the one-block graph kept, and the task
+    loss with its per-sample gradient ``B·∂L/∂s_L`` at ``s_L``.
 
     The graphs serve the state VJPs of the next settling step and die with this object; nothing chains them.
     """
@@ -100,11 +101,19 @@ class Linearization:
     states: list[Tensor]
     inputs: list[Tensor]
     outputs: list[Tensor]
+    loss: float = math.nan
+    loss_grad: Tensor | None = None
 
     def vjp(self, l: int, e: Tensor) -> Tensor:
         """``J_{f_l}(s_{l−1})ᵀ e`` (0-based block ``l``); parameters are not differentiated."""
         (g,) = torch.autograd.grad(self.outputs[l], self.inputs[l], e, retain_graph=True)
         return g
+
+
+def _state(t: Tensor) -> Tensor:
+    """States are kept in at least float32: under bf16/fp16 autocast the errors are O(β) of the states and would
+    vanish in a half-precision sum, while the blocks themselves still compute in the autocast dtype."""
+    return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
 def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states: Sequence[Tensor] | None = None):
@@ -121,10 +130,14 @@ def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states:
             out = block(s)
             lin.inputs.append(s)
             lin.outputs.append(out)
-            s = out.detach() if errors is None else out.detach() + errors[l]
+            s = _state(out) if errors is None else _state(out) + errors[l]
             lin.states.append(s)
-    if states is not None:
-        lin.states = [t.detach() for t in states]
+        if states is not None:
+            lin.states = [t.detach() for t in states]
+        last = lin.states[-1].detach().requires_grad_(True)
+        loss = stack.loss(last)
+        (grad,) = torch.autograd.grad(loss, last)
+    lin.loss, lin.loss_grad = float(loss.detach()), grad * stack.batch_size
     return lin
 
 
@@ -133,37 +146,29 @@ def free_phase(stack: BlockStack) -> Linearization:
     return linearize(stack)
 
 
-def _loss_and_grad(stack: BlockStack, s_last: Tensor) -> tuple[float, Tensor]:
-    """Task loss at ``s_L`` and its per-sample gradient ``B·∂L/∂s_L``."""
-    with torch.enable_grad():
-        s = s_last.detach().requires_grad_(True)
-        loss = stack.loss(s)
-        (g,) = torch.autograd.grad(loss, s)
-    return float(loss.detach()), g * stack.batch_size
+def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
+    """``‖t‖²`` of each tensor, read back in one device sync."""
+    return torch.stack([t.detach().float().pow(2).sum() for t in errors]).tolist()
 
 
-def _sum_squares(t: Tensor) -> float:
-    return float(t.detach().float().pow(2).sum())
-
-
-def _sweep(lin: Linearization, beta: float, loss_grad: Tensor) -> list[Tensor]:
+def _sweep(lin: Linearization, beta: float) -> list[Tensor]:
     """Back to front: each error set to its stationarity value given the layer above."""
-    errors = [-beta * loss_grad]
+    errors = [-beta * lin.loss_grad]
     for l in range(len(lin.outputs) - 1, 0, -1):
         errors.insert(0, lin.vjp(l, errors[0]))
     return errors
 
 
-def _gradient_step(lin: Linearization, errors, beta: float, loss_grad: Tensor, lr: float) -> list[Tensor]:
+def _gradient_step(lin: Linearization, errors, beta: float, lr: float) -> list[Tensor]:
     """One synchronous step of ``s ← s − lr·B·∂F/∂s`` (``B·∂F/∂s_l = e_l − J_{f_{l+1}}ᵀ e_{l+1}``)."""
     grads = [e - lin.vjp(l + 1, errors[l + 1]) for l, e in enumerate(errors[:-1])]
-    grads.append(errors[-1] + beta * loss_grad)
+    grads.append(errors[-1] + beta * lin.loss_grad)
     return [s - lr * g for s, g in zip(lin.states, grads)]
 
 
 def _energy(errors: Sequence[Tensor], loss: float, beta: float, batch_size: int) -> tuple[float, list[float]]:
     """F = Σ_l ½‖e_l‖²/B + β·L, and the per-layer terms (for divergence reports)."""
-    layers = [0.5 * _sum_squares(e) / batch_size for e in errors]
+    layers = [0.5 * v / batch_size for v in _sum_squares(errors)]
     return sum(layers) + beta * loss, layers
 
 
@@ -189,27 +194,27 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
     below ``config.tol``.
     """
     lin = free
-    loss, loss_grad = _loss_and_grad(stack, lin.states[-1])
-    start = beta * loss
+    start = beta * lin.loss
     errors = [torch.zeros_like(s) for s in lin.states]
     steps = 0
     for steps in range(1, config.steps + 1):
         if config.mode == "sweep":
             if steps > 1:  # place the states the last sweep's errors define (the last placement is the contrast's)
                 lin = linearize(stack, errors=errors)
-                loss, loss_grad = _loss_and_grad(stack, lin.states[-1])
-                energy, layers = _energy(errors, loss, beta, stack.batch_size)
+                energy, layers = _energy(errors, lin.loss, beta, stack.batch_size)
                 check_energy(energy, start, layers, steps - 1, beta, config.divergence_threshold)
-            new_errors = _sweep(lin, beta, loss_grad)
+            new_errors = _sweep(lin, beta)
         else:
-            lin = linearize(stack, states=_gradient_step(lin, errors, beta, loss_grad, config.lr))
-            new_errors = [s - p.detach() for s, p in zip(lin.states, lin.outputs)]
-            loss, loss_grad = _loss_and_grad(stack, lin.states[-1])
-            energy, layers = _energy(new_errors, loss, beta, stack.batch_size)
+            lin = linearize(stack, states=_gradient_step(lin, errors, beta, config.lr))
+            new_errors = [s - _state(p) for s, p in zip(lin.states, lin.outputs)]
+            energy, layers = _energy(new_errors, lin.loss, beta, stack.batch_size)
             check_energy(energy, start, layers, steps, beta, config.divergence_threshold)
-        moved = max(math.sqrt(_sum_squares(n - e) / (_sum_squares(n) + 1e-30)) for n, e in zip(new_errors, errors))
+        if config.tol > 0:
+            change = _sum_squares([n - e for n, e in zip(new_errors, errors)])
+            size = _sum_squares(new_errors)
+            moved = max(math.sqrt(c / (n + 1e-30)) for c, n in zip(change, size))
         errors = new_errors
-        if moved < config.tol:
+        if config.tol > 0 and moved < config.tol:
             break
     return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start)
 
@@ -248,7 +253,7 @@ class Contrast:
         s, total = stack.inputs.detach(), 0.0
         for block, e in zip(stack.blocks, phase.errors):
             prediction = block(s)
-            s = prediction.detach() + e
+            s = _state(prediction) + e
             total = total + 0.5 * (s - prediction).pow(2).sum()
         with torch.no_grad():
             loss = float(stack.loss(s))

@@ -1,10 +1,13 @@
-"""Pieces every EP-native model shares: the task losses EP can nudge with, and input checks with clear errors."""
+"""Pieces every EP-native model shares: the base class, the task losses EP can nudge with, and input checks."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import PreTrainedModel
+
+from .equilibrium import BlockStack
 
 TASK_LOSSES = ("cross_entropy", "mse")
 
@@ -37,3 +40,11 @@ def check_finite(name: str, tensor: Tensor) -> Tensor:
     if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains NaN or inf")
     return tensor
+
+
+class EPPreTrainedModel(PreTrainedModel):
+    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and
+    ``forward(..., ep_contrast=c)`` returns ``c(self.ep_stack(...))`` so the contrast runs inside (DDP's) forward."""
+
+    def ep_stack(self, **inputs) -> BlockStack:
+        raise NotImplementedError(f"{type(self).__name__} must define ep_stack(**inputs) -> BlockStack")

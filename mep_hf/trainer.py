@@ -13,17 +13,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from .adapters import prepare_ep_model
 from .equilibrium import BlockStack, Contrast, free_phase, nudged_phases
 from .training_args import EPTrainingArguments
-
-
-def check_ep_model(model: nn.Module) -> None:
-    """Refuse, with the reason, a model that EP cannot split into blocks."""
-    if not callable(getattr(model, "ep_stack", None)):
-        raise TypeError(
-            f"{type(model).__name__} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method. "
-            "Use an EP model from mep_hf.models, or wrap a stock model with an adapter from mep_hf.adapters."
-        )
 
 
 class EPTrainer(Trainer):
@@ -39,7 +31,7 @@ class EPTrainer(Trainer):
         if not isinstance(args, EPTrainingArguments):
             raise TypeError(f"EPTrainer needs EPTrainingArguments, got {type(args).__name__}")
         if model is not None:
-            check_ep_model(model)
+            model = prepare_ep_model(model)
         super().__init__(model=model, args=args, **kwargs)
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
@@ -68,8 +60,7 @@ class EPTrainer(Trainer):
         with self.compute_loss_context_manager():
             stack: BlockStack = self.accelerator.unwrap_model(model).ep_stack(**inputs)
             free = free_phase(stack)
-            with torch.no_grad():
-                loss = stack.loss(free.states[-1])
+            loss = free.loss
             phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
             del free  # drop the free pass's graphs before the contrast builds its own
             # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.
@@ -79,7 +70,7 @@ class EPTrainer(Trainer):
         self.accelerator.backward(contrast / steps)
         self._ep_metrics["ep_energy"].append(sum(p.energy for p in phases) / len(phases))
         self._ep_metrics["ep_settle_steps"].append(sum(p.steps for p in phases) / len(phases))
-        return loss.detach() / steps
+        return torch.tensor(loss / steps, device=args.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the settling diagnostics, averaged since the last log, to the training logs."""

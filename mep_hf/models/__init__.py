@@ -1,10 +1,20 @@
 """EP-native models, registered with the ``transformers`` Auto classes on import."""
 
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
+from .char_transformer import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
 from .mlp import EPMLPConfig, EPMLPForImageClassification
 
 AutoConfig.register(EPMLPConfig.model_type, EPMLPConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPMLPConfig, EPMLPForImageClassification, exist_ok=True)
+AutoConfig.register(EPCharTransformerConfig.model_type, EPCharTransformerConfig, exist_ok=True)
+AutoModelForCausalLM.register(EPCharTransformerConfig, EPCharTransformerForCausalLM, exist_ok=True)
+AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharTokenizer, exist_ok=True)
 
-__all__ = ["EPMLPConfig", "EPMLPForImageClassification"]
+__all__ = [
+    "EPCharTokenizer",
+    "EPCharTransformerConfig",
+    "EPCharTransformerForCausalLM",
+    "EPMLPConfig",
+    "EPMLPForImageClassification",
+]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ...equilibrium import BlockStack, Contrast
-from ...modeling_utils import check_finite, classification_loss, require_labels
+from ...modeling_utils import EPPreTrainedModel, check_finite, classification_loss, require_labels
 from .configuration_ep_mlp import EPMLPConfig
 
 
@@ -25,7 +24,7 @@ class EPDenseBlock(nn.Module):
         return self.act(self.linear(s))
 
 
-class EPMLPPreTrainedModel(PreTrainedModel):
+class EPMLPPreTrainedModel(EPPreTrainedModel):
     config_class = EPMLPConfig
     base_model_prefix = "mlp"
     main_input_name = "pixel_values"

@@ -1,0 +1,90 @@
+"""Train the toy EP MLP with EPTrainer and save its parameters; the helper of the DDP and SIGKILL tests.
+
+Run it single-process (``python tests/scripts/train_toy.py --out DIR``) or under ``torchrun``/``accelerate launch``
+(gloo on CPU). Every rank writes ``DIR/params_rank{R}.safetensors`` after training.
+
+    --batch B            per-device batch size
+    --max_steps N        optimizer steps
+    --bypass_ddp         compute the contrast on the *unwrapped* model (the DDP trap: no gradient all-reduce)
+    --split_batches      accelerate's split_batches (each global batch of B is split across the ranks)
+    --save_steps K       save a checkpoint every K steps into DIR/out (default: no checkpoints)
+    --resume             resume_from_checkpoint=True (the last complete checkpoint in DIR/out)
+    --step_sleep S       sleep S seconds after each step (gives a test time to SIGKILL mid-run; no numeric effect)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from mep_hf import EPTrainer  # noqa: E402
+from tests.conftest import toy_args, toy_images, toy_model  # noqa: E402
+
+
+class Sleep(TrainerCallback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
+class BypassDDPTrainer(EPTrainer):
+    """The trap of DESIGN §2: the contrast runs on the unwrapped module, so DDP's reducer never arms."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max_steps", type=int, default=6)
+    p.add_argument("--nudging", default="centered")
+    p.add_argument("--bypass_ddp", action="store_true")
+    p.add_argument("--split_batches", action="store_true")
+    p.add_argument("--save_steps", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--step_sleep", type=float, default=0.0)
+    a = p.parse_args()
+
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    overrides = dict(
+        per_device_train_batch_size=a.batch,
+        max_steps=a.max_steps,
+        logging_steps=1,
+        ep_nudging=a.nudging,
+        ep_settle_steps=2,
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        overrides["ddp_backend"] = "gloo"  # set only under a launcher: accelerate would otherwise expect a process group
+    if a.save_steps:
+        overrides.update(save_strategy="steps", save_steps=a.save_steps)
+    if a.split_batches:
+        overrides["accelerator_config"] = {"split_batches": True}
+    args = toy_args(out, **overrides)  # output_dir = out / "out"
+    trainer_cls = BypassDDPTrainer if a.bypass_ddp else EPTrainer
+    callbacks = [Sleep(a.step_sleep)] if a.step_sleep else None
+    trainer = trainer_cls(model=toy_model(), args=args, train_dataset=toy_images(128), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=True if a.resume else None)
+    params = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
+    save_file(params, str(out / f"params_rank{args.process_index}.safetensors"))
+    print(f"rank {args.process_index}/{args.world_size}: done, global_step={trainer.state.global_step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
