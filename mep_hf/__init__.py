@@ -1,7 +1,7 @@
 """mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer."""
 
 from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
-from .models import EPMLPConfig, EPMLPForImageClassification
+from .models import EPConvNetConfig, EPConvNetForImageClassification, EPMLPConfig, EPMLPForImageClassification
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
 
@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockStack",
     "Contrast",
+    "EPConvNetConfig",
+    "EPConvNetForImageClassification",
     "EPMLPConfig",
     "EPMLPForImageClassification",
     "EPTrainer",

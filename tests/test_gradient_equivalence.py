@@ -114,3 +114,16 @@ def test_one_sided_nudging_is_biased_to_first_order():
     pos_big, pos_small = error(0.2, "positive"), error(0.1, "positive")
     assert 1.6 < pos_big / pos_small < 2.4  # first order: halving beta halves the error
     assert error(0.1, "centered") < 0.2 * pos_small
+
+
+def test_convnet_model_gradients_match_backprop():
+    """The EP conv net (conv -> gelu -> max-pool blocks, linear read-out) through its own forward."""
+    from mep_hf import EPConvNetConfig, EPConvNetForImageClassification
+
+    torch.manual_seed(5)
+    config = EPConvNetConfig(num_channels=2, image_size=8, channels=[6, 8], num_labels=5)
+    model = EPConvNetForImageClassification(config).double()
+    x, y = torch.rand(6, 2 * 8 * 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    stack = model.ep_stack(pixel_values=x, labels=y)
+    cos, rel = compare(list(model.parameters()), stack, lambda c: model(pixel_values=x, labels=y, ep_contrast=c))
+    assert_match(cos, rel)

@@ -106,3 +106,19 @@ def test_mep_optimizer_preset_is_used(tmp_path, dataset):
     trainer = EPTrainer(model=toy_model(), args=args, train_dataset=dataset)
     trainer.train()
     assert isinstance(trainer.optimizer.optimizer, Muon)
+
+
+def test_convnet_trains_and_round_trips(tmp_path, dataset):
+    from mep_hf import EPConvNetConfig, EPConvNetForImageClassification
+
+    torch.manual_seed(0)
+    config = EPConvNetConfig(num_channels=1, image_size=8, channels=[8, 8], num_labels=4, activation="tanh")
+    model = EPConvNetForImageClassification(config)
+    trainer = EPTrainer(model=model, args=toy_args(tmp_path, max_steps=40, logging_steps=10), train_dataset=dataset)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < 0.8 * losses[0], losses
+    trainer.save_model()
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "out")
+    assert isinstance(loaded, EPConvNetForImageClassification)
+    assert_same_params(params_of(trainer.model), params_of(loaded))

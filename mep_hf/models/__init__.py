@@ -3,15 +3,20 @@
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
 from .char_transformer import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
+from .convnet import EPConvNetConfig, EPConvNetForImageClassification
 from .mlp import EPMLPConfig, EPMLPForImageClassification
 
 AutoConfig.register(EPMLPConfig.model_type, EPMLPConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPMLPConfig, EPMLPForImageClassification, exist_ok=True)
+AutoConfig.register(EPConvNetConfig.model_type, EPConvNetConfig, exist_ok=True)
+AutoModelForImageClassification.register(EPConvNetConfig, EPConvNetForImageClassification, exist_ok=True)
 AutoConfig.register(EPCharTransformerConfig.model_type, EPCharTransformerConfig, exist_ok=True)
 AutoModelForCausalLM.register(EPCharTransformerConfig, EPCharTransformerForCausalLM, exist_ok=True)
 AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharTokenizer, exist_ok=True)
 
 __all__ = [
+    "EPConvNetConfig",
+    "EPConvNetForImageClassification",
     "EPCharTokenizer",
     "EPCharTransformerConfig",
     "EPCharTransformerForCausalLM",

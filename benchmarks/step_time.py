@@ -1,0 +1,151 @@
+"""Step time of EP against backprop on the same model and batch, in one process, interleaved.
+
+    python benchmarks/step_time.py                       # MLP 784-512-512-10 and conv net, batch 128
+    python benchmarks/step_time.py --models mlp --repeats 50
+
+For each model: a plain ``Trainer`` (backprop) and an ``EPTrainer`` start from the same weights; each timed step
+is the Trainer's own ``training_step`` plus its optimizer step, alternating EP and backprop so that load on the
+machine hits both alike; the median of ``--repeats`` is reported as ``ratio = EP / backprop``. Then both train for
+``--budget_steps`` steps and are tested, so speed is never bought with accuracy. The last line is the MLP ratio.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from mep_hf import (
+    EPConvNetConfig,
+    EPConvNetForImageClassification,
+    EPMLPConfig,
+    EPMLPForImageClassification,
+    EPTrainer,
+    EPTrainingArguments,
+)
+from mep_hf.data import load_mnist
+
+
+@dataclass
+class BenchmarkArguments:
+    models: list[str] = field(default_factory=lambda: ["mlp", "convnet"], metadata={"help": "Models to time."})
+    batch_size: int = 128
+    repeats: int = field(default=30, metadata={"help": "Timed steps per method (median reported)."})
+    warmup: int = 5
+    budget_steps: int = field(default=400, metadata={"help": "Training steps for the accuracy check."})
+    output_dir: str = "runs/step_time"
+    ep_beta: float = 0.01
+    ep_nudging: str = "positive"
+    ep_settle_steps: int = 1
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+def mlp() -> torch.nn.Module:
+    return EPMLPForImageClassification(EPMLPConfig(hidden_sizes=[512, 512], num_labels=10))
+
+
+def convnet() -> torch.nn.Module:
+    config = EPConvNetConfig(num_channels=1, image_size=28, channels=[16, 32], num_labels=10)
+    return EPConvNetForImageClassification(config)
+
+
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {"mlp": mlp, "convnet": convnet}
+
+
+def accuracy(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def make_trainers(bench: BenchmarkArguments, model: torch.nn.Module, data, out: Path):
+    common = dict(
+        per_device_train_batch_size=bench.batch_size,
+        per_device_eval_batch_size=1000,
+        learning_rate=bench.learning_rate,
+        max_steps=bench.budget_steps,
+        lr_scheduler_type="constant",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=bench.seed,
+        disable_tqdm=True,
+        logging_steps=10**9,
+    )
+    backprop = Trainer(
+        model=copy.deepcopy(model),
+        args=TrainingArguments(output_dir=str(out / "backprop"), **common),
+        train_dataset=data["train"],
+        compute_metrics=accuracy,
+    )
+    ep_args = EPTrainingArguments(
+        output_dir=str(out / "ep"),
+        ep_beta=bench.ep_beta,
+        ep_nudging=bench.ep_nudging,
+        ep_settle_steps=bench.ep_settle_steps,
+        **common,
+    )
+    ep = EPTrainer(model=copy.deepcopy(model), args=ep_args, train_dataset=data["train"], compute_metrics=accuracy)
+    return {"backprop": backprop, "ep": ep}
+
+
+def time_steps(trainers: dict, batch: dict, bench: BenchmarkArguments) -> dict[str, float]:
+    """Median seconds of training_step + optimizer step, the methods interleaved step by step."""
+    for trainer in trainers.values():
+        trainer.create_optimizer_and_scheduler(num_training_steps=bench.budget_steps)
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); read by training_step
+    times = {name: [] for name in trainers}
+    for i in range(bench.warmup + bench.repeats):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.training_step(trainer.model, dict(batch))
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad()
+            if i >= bench.warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (bench,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    out = Path(bench.output_dir)
+    data = load_mnist()
+    batch = data["train"][: bench.batch_size]
+    results = {}
+    for name in bench.models:
+        set_seed(bench.seed)
+        model = MODELS[name]()
+        step = time_steps(make_trainers(bench, model, data, out / name / "timing"), batch, bench)
+        row = {"ep_step_ms": 1e3 * step["ep"], "backprop_step_ms": 1e3 * step["backprop"]}
+        row["ratio"] = step["ep"] / step["backprop"]
+        for method, trainer in make_trainers(bench, model, data, out / name / "budget").items():
+            trainer.train()
+            row[f"{method}_test_accuracy"] = trainer.evaluate(data["test"])["eval_accuracy"]
+        results[name] = row
+        print(json.dumps({name: row}), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_time.json").write_text(json.dumps({"args": vars(bench), "results": results}, indent=2))
+    print(f"threads={torch.get_num_threads()} batch={bench.batch_size} budget={bench.budget_steps} steps")
+    print("| model | EP step (ms) | backprop step (ms) | ratio EP/backprop | EP test acc | backprop test acc |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['ep_step_ms']:.2f} | {r['backprop_step_ms']:.2f} | {r['ratio']:.2f} | "
+            f"{r['ep_test_accuracy']:.4f} | {r['backprop_test_accuracy']:.4f} |"
+        )
+    if "mlp" in results:
+        print(f"mlp ratio = EP / backprop = {results['mlp']['ratio']:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
