@@ -248,15 +248,32 @@ class Contrast:
         """``E(s; θ)`` with the phase's states held constant: differentiable in the parameters only.
 
         ``s_l = f_l(s_{l−1}) + e_l`` with the prediction detached, so ``½‖s_l − f_l(s_{l−1})‖²`` has the value
-        ``½‖e_l‖²`` and the parameter gradient ``−(∂f_l/∂θ_l)ᵀ e_l``.
+        ``½‖e_l‖²`` and the parameter gradient ``−(∂f_l/∂θ_l)ᵀ e_l``. The states are built in the errors' own
+        storage (the phase is consumed), so the graph holds two tensors per layer: the state and the prediction.
         """
+        layers = [0.5 * v / stack.batch_size for v in _sum_squares(phase.errors)]
         s, total = stack.inputs.detach(), 0.0
         for block, e in zip(stack.blocks, phase.errors):
             prediction = block(s)
-            s = _state(prediction) + e
-            total = total + 0.5 * (s - prediction).pow(2).sum()
+            s = e.add_(prediction.detach())
+            total = total + _PredictionError.apply(prediction, s)
         with torch.no_grad():
             loss = float(stack.loss(s))
-        phase.energy, layers = _energy(phase.errors, loss, phase.beta, stack.batch_size)
+        phase.energy = sum(layers) + phase.beta * loss
         check_energy(phase.energy, phase.start_energy, layers, phase.steps, phase.beta, self.divergence_threshold)
         return total / stack.batch_size
+
+
+class _PredictionError(torch.autograd.Function):
+    """``½‖s − p‖²`` whose backward recomputes ``s − p`` from the state and prediction the graph keeps anyway,
+    instead of saving the difference as a third tensor per layer."""
+
+    @staticmethod
+    def forward(ctx, prediction: Tensor, state: Tensor) -> Tensor:
+        ctx.save_for_backward(prediction, state)
+        return 0.5 * (state - prediction).pow(2).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        prediction, state = ctx.saved_tensors
+        return (grad * (prediction - state)).to(prediction.dtype), None
