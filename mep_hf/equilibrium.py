@@ -116,18 +116,24 @@ def _state(t: Tensor) -> Tensor:
     return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _feed(state: Tensor, previous_output: Tensor | None) -> Tensor:
+    """A float32 state enters the next block in the dtype the previous block computed in (a bf16 model's own
+    dtype; a no-op under autocast or in full precision), differentiably, so VJPs still arrive in float32."""
+    return state if previous_output is None else state.to(previous_output.dtype)
+
+
 def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states: Sequence[Tensor] | None = None):
     """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``.
 
     With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
     """
-    s, lin = stack.inputs, Linearization([], [], [])
+    s, out, lin = stack.inputs, None, Linearization([], [], [])
     with torch.enable_grad():
         for l, block in enumerate(stack.blocks):
             if states is not None and l > 0:
                 s = states[l - 1]
             s = s.detach().requires_grad_(l > 0)  # s_0 is clamped: no VJP into it is ever needed
-            out = block(s)
+            out = block(_feed(s, out))
             lin.inputs.append(s)
             lin.outputs.append(out)
             s = _state(out) if errors is None else _state(out) + errors[l]
@@ -252,9 +258,9 @@ class Contrast:
         storage (the phase is consumed), so the graph holds two tensors per layer: the state and the prediction.
         """
         layers = [0.5 * v / stack.batch_size for v in _sum_squares(phase.errors)]
-        s, total = stack.inputs.detach(), 0.0
+        s, prediction, total = stack.inputs.detach(), None, 0.0
         for block, e in zip(stack.blocks, phase.errors):
-            prediction = block(s)
+            prediction = block(_feed(s, prediction))
             s = e.add_(prediction.detach())
             total = total + _PredictionError.apply(prediction, s)
         with torch.no_grad():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,12 +19,17 @@ TASK_LOSSES = ("cross_entropy", "mse")
 def classification_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
     """Batch-mean loss of class ``labels`` given output ``logits``; ``mse`` compares with one-hot targets."""
     num_labels = logits.shape[-1]
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a tensor of integer class ids, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels have shape {tuple(labels.shape)} but the batch needs {tuple(logits.shape[:-1])}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
-        raise ValueError(f"labels must lie in [0, {num_labels - 1}], got values in [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_labels - 1}], got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
+    labels = labels.long()  # cross_entropy / one_hot index with int64 only; narrower integer dtypes are fine inputs
     if kind == "cross_entropy":
         return F.cross_entropy(logits.float(), labels)
     if kind == "mse":
@@ -33,6 +42,8 @@ def require_labels(labels: Tensor | None) -> Tensor:
     """EP nudges the output towards the labels, so a training batch without them is an error."""
     if labels is None:
         raise ValueError("EP training needs `labels` in every batch: the nudged phase pulls the output towards them")
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"`labels` must be a tensor of integer class ids, got {type(labels).__name__}")
     return labels
 
 
@@ -42,9 +53,92 @@ def check_finite(name: str, tensor: Tensor) -> Tensor:
     return tensor
 
 
+def check_features(name: str, tensor, features: int, dtype: torch.dtype) -> Tensor:
+    """A real-valued batch ``(batch, ...)`` with ``features`` values per example, as a ``(batch, features)`` tensor
+    of ``dtype``. Refuses non-tensors, complex values, empty batches, NaN/inf and values that overflow ``dtype``."""
+    if tensor is None:
+        raise ValueError(f"`{name}` is required")
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__} (convert it with torch.as_tensor)")
+    if tensor.dtype.is_complex:
+        raise TypeError(f"`{name}` must be real-valued, got dtype {tensor.dtype}")
+    if tensor.dim() < 2 or tensor.shape[1:].numel() != features:
+        raise ValueError(
+            f"`{name}` of shape {tuple(tensor.shape)} do not give {features} features per example; "
+            "expected (batch, ...) with that many values per example"
+        )
+    if tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (0 examples); EP needs at least one example per step")
+    check_finite(name, tensor)
+    flat = tensor.reshape(tensor.shape[0], -1).to(dtype)
+    if dtype.is_floating_point and not torch.isfinite(flat).all():
+        raise ValueError(f"`{name}` has values too large for the model dtype {dtype} (they overflow to inf)")
+    return flat
+
+
+class UnsafeWeightsError(ValueError):
+    """``from_pretrained`` met a pickle weights file (``pytorch_model.bin``, ...) and the caller did not opt in."""
+
+
+_pickle_guard = threading.local()
+
+
+def _install_pickle_guard() -> None:
+    """Wrap ``transformers.modeling_utils.load_state_dict`` (every weights file ``from_pretrained`` reads goes
+    through it) so that, inside :func:`refuse_pickle_weights` in the same thread, non-safetensors files are
+    refused before anything is unpickled. Outside that context the wrapper changes nothing."""
+    import transformers.modeling_utils as tmu
+
+    if getattr(tmu.load_state_dict, "_ep_pickle_guard", False):
+        return
+    original = tmu.load_state_dict
+
+    def load_state_dict(checkpoint_file, *args, **kwargs):
+        path = os.fspath(checkpoint_file)
+        if getattr(_pickle_guard, "active", False) and not path.endswith(".safetensors"):
+            raise UnsafeWeightsError(
+                f"refusing to load the pickle weights file {path!r}: unpickling a file can run arbitrary code. "
+                "Load a safetensors checkpoint (model.safetensors), convert this one, or, only if you trust its "
+                "source, pass allow_pickle=True to from_pretrained (transformers then reads it with "
+                "torch.load(weights_only=True))."
+            )
+        return original(checkpoint_file, *args, **kwargs)
+
+    load_state_dict._ep_pickle_guard = True
+    tmu.load_state_dict = load_state_dict
+
+
+@contextmanager
+def refuse_pickle_weights():
+    """Within this block (this thread only), ``from_pretrained`` refuses every weights file but safetensors."""
+    _install_pickle_guard()
+    previous = getattr(_pickle_guard, "active", False)
+    _pickle_guard.active = True
+    try:
+        yield
+    finally:
+        _pickle_guard.active = previous
+
+
 class EPPreTrainedModel(PreTrainedModel):
     """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and
     ``forward(..., ep_contrast=c)`` returns ``c(self.ep_stack(...))`` so the contrast runs inside (DDP's) forward."""
 
     def ep_stack(self, **inputs) -> BlockStack:
         raise NotImplementedError(f"{type(self).__name__} must define ep_stack(**inputs) -> BlockStack")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, allow_pickle: bool = False, **kwargs):
+        """``PreTrainedModel.from_pretrained`` that loads safetensors weights only, unless ``allow_pickle=True``.
+
+        A ``pytorch_model.bin`` (or any other non-safetensors weights file, including shards named by an index or
+        a ``transformers_weights`` entry in ``config.json``) is a pickle, and unpickling can run code. Without the
+        opt-in it is refused with :class:`UnsafeWeightsError` before it is opened; with it, transformers' own
+        loader runs (``torch.load(weights_only=True)`` unless you also pass ``weights_only=False``).
+        """
+        if allow_pickle:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if kwargs.get("use_safetensors") is False:
+            raise UnsafeWeightsError("use_safetensors=False asks for pickle weights; pass allow_pickle=True to opt in")
+        with refuse_pickle_weights():
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

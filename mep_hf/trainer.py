@@ -14,11 +14,12 @@ from torch import nn
 from transformers import Trainer
 
 from .adapters import prepare_ep_model
+from .checkpointing import AtomicCheckpointMixin
 from .equilibrium import BlockStack, Contrast, free_phase, nudged_phases
 from .training_args import EPTrainingArguments
 
 
-class EPTrainer(Trainer):
+class EPTrainer(AtomicCheckpointMixin, Trainer):
     """Drop-in ``Trainer`` whose parameter gradients come from EP settling instead of backprop.
 
     Expects :class:`EPTrainingArguments` and a model with ``ep_stack(**inputs) -> BlockStack`` whose ``forward``

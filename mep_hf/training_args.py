@@ -49,13 +49,17 @@ class EPTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not (isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0):
+        if isinstance(self.ep_beta, bool) or not (
+            isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0
+        ):
             raise ValueError(f"ep_beta must be a finite number > 0, got {self.ep_beta!r}")
         if self.ep_nudging not in NUDGING_MODES:
             raise ValueError(f"ep_nudging must be one of {NUDGING_MODES}, got {self.ep_nudging!r}")
         if self.ep_settle_mode not in SETTLE_MODES:
             raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {self.ep_settle_mode!r}")
-        if not (isinstance(self.ep_settle_steps, int) and self.ep_settle_steps >= 1):
+        if isinstance(self.ep_settle_steps, bool) or not (
+            isinstance(self.ep_settle_steps, int) and self.ep_settle_steps >= 1
+        ):
             raise ValueError(f"ep_settle_steps must be an integer >= 1, got {self.ep_settle_steps!r}")
         if not (math.isfinite(self.ep_settle_lr) and 0 < self.ep_settle_lr <= 1):
             raise ValueError(f"ep_settle_lr must be in (0, 1], got {self.ep_settle_lr!r}")

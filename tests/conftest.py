@@ -8,6 +8,9 @@ import pytest
 import torch
 from datasets import Dataset
 
+# The test models are tiny: one thread avoids oversubscription stalls when other processes share the cores.
+torch.set_num_threads(1)
+
 from mep_hf import EPMLPConfig, EPMLPForImageClassification, EPTrainingArguments
 
 

@@ -83,7 +83,7 @@ def initial():
 
 @pytest.mark.parametrize(
     "batch, flags",
-    [(BATCH, ()), (2 * BATCH, ("--split_batches",))],
+    [(BATCH, ("--save_steps", "3")), (2 * BATCH, ("--split_batches",))],
     ids=["per_device_b", "split_batches_2b"],
 )
 def test_two_gloo_processes_equal_one_process_on_the_doubled_batch(tmp_path, single_process, initial, batch, flags):
@@ -91,8 +91,14 @@ def test_two_gloo_processes_equal_one_process_on_the_doubled_batch(tmp_path, sin
     assert max_diff(ranks[0], ranks[1]) == 0.0, "DDP replicas drifted apart"
     assert max_diff(ranks[0], initial) > 1e-3, "training did not move the parameters"
     diff = max_diff(ranks[0], single_process)
-    print(f"max |DDP(2 x {batch // (1 if not flags else 2)}) - single(2 x {BATCH})| = {diff:.3g}")
+    how = "split_batches, global batch" if "--split_batches" in flags else "per-device batch"
+    print(f"DDP on 2 ranks ({how} {batch}) vs one process on batch {2 * BATCH}: max abs diff {diff:.3g}")
     assert diff <= ATOL, diff
+    if "--save_steps" in flags:  # atomic checkpoints under DDP: every rank's RNG state is in, no staging left
+        out = tmp_path / "out"
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+        files = {p.name for p in (out / "checkpoint-6").iterdir()}
+        assert {"model.safetensors", "trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"} <= files, files
 
 
 def test_contrast_that_bypasses_ddp_forward_is_not_all_reduced(tmp_path, single_process):

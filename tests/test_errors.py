@@ -63,6 +63,8 @@ def test_empty_block_stack():
         ("ep_beta", 0.0, "ep_beta must be a finite number > 0"),
         ("ep_beta", math.nan, "ep_beta must be a finite number > 0"),
         ("ep_settle_steps", 0, "ep_settle_steps must be an integer >= 1"),
+        ("ep_settle_steps", True, "ep_settle_steps must be an integer >= 1"),
+        ("ep_beta", True, "ep_beta must be a finite number > 0"),
         ("ep_nudging", "symmetric-ish", "ep_nudging must be one of"),
         ("ep_settle_mode", "anneal", "ep_settle_mode must be one of"),
         ("ep_settle_lr", 1.5, r"ep_settle_lr must be in \(0, 1\]"),

@@ -25,3 +25,9 @@ def prepare_ep_model(model: nn.Module) -> nn.Module:
         f"adapter is registered for model_type={model_type!r} (adapters exist for: {supported}). "
         "Use an EP model from mep_hf.models, or register an adapter in mep_hf.adapters.ADAPTERS."
     )
+
+
+from .bert import adapt_bert  # noqa: E402
+from .gpt2 import adapt_gpt2  # noqa: E402
+
+ADAPTERS.update({"gpt2": adapt_gpt2, "bert": adapt_bert})

@@ -10,6 +10,8 @@ Run it single-process (``python tests/scripts/train_toy.py --out DIR``) or under
     --save_steps K       save a checkpoint every K steps into DIR/out (default: no checkpoints)
     --resume             resume_from_checkpoint=True (the last complete checkpoint in DIR/out)
     --step_sleep S       sleep S seconds after each step (gives a test time to SIGKILL mid-run; no numeric effect)
+    --slow_save_step N   sleep 60 s in the middle of saving checkpoint-N (after the weights, before the RNG state),
+                         so a test can SIGKILL the process half-way through a checkpoint
 """
 
 from __future__ import annotations
@@ -48,6 +50,16 @@ class BypassDDPTrainer(EPTrainer):
         return super().training_step(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
 
 
+class SlowSaveTrainer(EPTrainer):
+    slow_step = -1
+
+    def _save_rng_state(self, output_dir):
+        if self.state.global_step == self.slow_step:
+            print(f"saving {output_dir}: stalled half-way", flush=True)
+            time.sleep(60)
+        return super()._save_rng_state(output_dir)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -59,6 +71,7 @@ def main() -> None:
     p.add_argument("--save_steps", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--step_sleep", type=float, default=0.0)
+    p.add_argument("--slow_save_step", type=int, default=-1)
     a = p.parse_args()
 
     torch.set_num_threads(1)
@@ -78,6 +91,8 @@ def main() -> None:
         overrides["accelerator_config"] = {"split_batches": True}
     args = toy_args(out, **overrides)  # output_dir = out / "out"
     trainer_cls = BypassDDPTrainer if a.bypass_ddp else EPTrainer
+    if a.slow_save_step >= 0:
+        trainer_cls = type("SlowSave", (SlowSaveTrainer,), {"slow_step": a.slow_save_step})
     callbacks = [Sleep(a.step_sleep)] if a.step_sleep else None
     trainer = trainer_cls(model=toy_model(), args=args, train_dataset=toy_images(128), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=True if a.resume else None)

@@ -8,7 +8,6 @@ EP sees the model as three kinds of blocks, ``s_0 = input_ids`` → ``s_1`` (emb
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -125,19 +124,18 @@ class EPCharTransformerPreTrainedModel(EPPreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module):
-        """GPT-2 style: N(0, 0.02) weights, zero biases; residual output projections scaled by 1/sqrt(2·layers)."""
+        """N(0, initializer_range) Linear weights, zero biases, LayerNorm (1, 0); embeddings N(0, embedding_init_std)
+        so the residual stream is O(1) (see the config)."""
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
+            if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.embedding_init_std)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        if isinstance(module, EPCharTransformerBlock):
-            scaled = std / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.attn.proj.weight, mean=0.0, std=scaled)
-            init.normal_(module.mlp[2].weight, mean=0.0, std=scaled)
 
 
 class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationMixin):
@@ -149,6 +147,10 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
     be the free equilibrium, and the contrast would be dominated by mask noise of order (dropout rate)/β instead of
     the O(β) signal. Regularise by other means (weight decay, data) when training by EP.
     """
+
+    # ``forward`` returns a per-batch token mean and ignores ``num_items_in_batch``: tell the Trainer so, and it
+    # scales the loss for gradient accumulation itself (as EPTrainer does for the contrast).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: EPCharTransformerConfig):
         super().__init__(config)

@@ -26,7 +26,7 @@ class EPCharTokenizer(PreTrainedTokenizer):
             self.vocab: dict[str, int] = json.load(f)
         self.ids_to_tokens = {i: t for t, i in self.vocab.items()}
         for name, tok in (("unk_token", unk_token), ("pad_token", pad_token)):
-            if tok not in self.vocab:
+            if str(tok) not in self.vocab:
                 raise ValueError(f"{name} {tok!r} is not in the vocabulary {vocab_file}")
         kwargs.setdefault("clean_up_tokenization_spaces", False)
         super().__init__(unk_token=unk_token, pad_token=pad_token, **kwargs)

@@ -8,7 +8,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ...equilibrium import BlockStack, Contrast
-from ...modeling_utils import EPPreTrainedModel, check_finite, classification_loss, require_labels
+from ...modeling_utils import EPPreTrainedModel, check_features, classification_loss, require_labels
 from .configuration_ep_mlp import EPMLPConfig
 
 
@@ -51,15 +51,7 @@ class EPMLPForImageClassification(EPMLPPreTrainedModel):
         self.post_init()
 
     def _flatten(self, pixel_values: Tensor | None) -> Tensor:
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required")
-        check_finite("pixel_values", pixel_values)
-        if pixel_values.dim() < 2 or pixel_values[0].numel() != self.config.input_size:
-            raise ValueError(
-                f"`pixel_values` of shape {tuple(pixel_values.shape)} do not give {self.config.input_size} features "
-                "per example; expected (batch, ...) with that many values per example"
-            )
-        return pixel_values.reshape(pixel_values.shape[0], -1).to(self.dtype)
+        return check_features("pixel_values", pixel_values, self.config.input_size, self.dtype)
 
     def ep_stack(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **_) -> BlockStack:
         labels = require_labels(labels)
