@@ -37,7 +37,10 @@ from mep_hf.data import load_mnist
 
 @dataclass
 class BenchmarkArguments:
-    models: list[str] = field(default_factory=lambda: ["mlp", "convnet"], metadata={"help": "Models to time."})
+    models: list[str] = field(
+        default_factory=lambda: ["mlp", "convnet", "char_transformer"], metadata={"help": "Models to time."}
+    )
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (default: torch's)."})
     batch_size: int = 128
     repeats: int = field(default=30, metadata={"help": "Timed steps per method (median reported)."})
     warmup: int = 5
@@ -59,7 +62,26 @@ def convnet() -> torch.nn.Module:
     return EPConvNetForImageClassification(config)
 
 
-MODELS: dict[str, Callable[[], torch.nn.Module]] = {"mlp": mlp, "convnet": convnet}
+def char_transformer() -> torch.nn.Module:
+    """The char-LM of examples/train_char_lm.py (d=64, 3 blocks, context 64); its budget run lives there."""
+    from mep_hf.models import EPCharTransformerConfig, EPCharTransformerForCausalLM
+
+    config = EPCharTransformerConfig(
+        vocab_size=96, max_position_embeddings=64, hidden_size=64, num_hidden_layers=3, num_attention_heads=4
+    )
+    return EPCharTransformerForCausalLM(config)
+
+
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "mlp": mlp,
+    "convnet": convnet,
+    "char_transformer": char_transformer,
+}
+
+
+def char_batch(batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, 96, (batch_size, 64), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "labels": ids.clone()}
 
 
 def accuracy(eval_pred) -> dict[str, float]:
@@ -117,19 +139,25 @@ def time_steps(trainers: dict, batch: dict, bench: BenchmarkArguments) -> dict[s
 
 def main(argv: list[str] | None = None) -> dict:
     (bench,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    if bench.threads:
+        torch.set_num_threads(bench.threads)
     out = Path(bench.output_dir)
     data = load_mnist()
-    batch = data["train"][: bench.batch_size]
     results = {}
     for name in bench.models:
         set_seed(bench.seed)
         model = MODELS[name]()
+        is_lm = name == "char_transformer"
+        batch = char_batch(bench.batch_size, bench.seed) if is_lm else data["train"][: bench.batch_size]
         step = time_steps(make_trainers(bench, model, data, out / name / "timing"), batch, bench)
         row = {"ep_step_ms": 1e3 * step["ep"], "backprop_step_ms": 1e3 * step["backprop"]}
         row["ratio"] = step["ep"] / step["backprop"]
-        for method, trainer in make_trainers(bench, model, data, out / name / "budget").items():
-            trainer.train()
-            row[f"{method}_test_accuracy"] = trainer.evaluate(data["test"])["eval_accuracy"]
+        if is_lm:  # accuracy budget: examples/train_char_lm.py (bits/char, EP vs backprop, docs/transformers.md)
+            row["ep_test_accuracy"] = row["backprop_test_accuracy"] = float("nan")
+        else:
+            for method, trainer in make_trainers(bench, model, data, out / name / "budget").items():
+                trainer.train()
+                row[f"{method}_test_accuracy"] = trainer.evaluate(data["test"])["eval_accuracy"]
         results[name] = row
         print(json.dumps({name: row}), flush=True)
     out.mkdir(parents=True, exist_ok=True)
