@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from .equilibrium import BlockStack
 
@@ -142,3 +143,29 @@ class EPPreTrainedModel(PreTrainedModel):
             raise UnsafeWeightsError("use_safetensors=False asks for pickle weights; pass allow_pickle=True to opt in")
         with refuse_pickle_weights():
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+class ImageBlockChainMixin:
+    """``ep_stack`` and ``forward`` of a classifier that is a plain chain of ``self.blocks`` (MLP, conv net).
+
+    The model supplies ``_pixels(pixel_values) -> Tensor`` (validated, shaped for its first block) and
+    ``config.loss``; the output block's state holds the logits.
+    """
+
+    def ep_stack(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **_) -> BlockStack:
+        labels = require_labels(labels)
+        return BlockStack(
+            inputs=self._pixels(pixel_values),
+            blocks=list(self.blocks),
+            loss=lambda logits: classification_loss(self.config.loss, logits, labels),
+        )
+
+    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, ep_contrast=None, **kwargs):
+        """The free phase (an ordinary forward pass), or, given ``ep_contrast``, the EP contrast of this batch."""
+        if ep_contrast is not None:
+            return ep_contrast(self.ep_stack(pixel_values, labels))
+        s = self._pixels(pixel_values)
+        for block in self.blocks:
+            s = block(s)
+        loss = None if labels is None else classification_loss(self.config.loss, s, labels)
+        return ImageClassifierOutput(loss=loss, logits=s)

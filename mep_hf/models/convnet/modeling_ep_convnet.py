@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import ImageClassifierOutput
 
-from ...equilibrium import BlockStack, Contrast
-from ...modeling_utils import EPPreTrainedModel, check_finite, classification_loss, require_labels
+from ...modeling_utils import EPPreTrainedModel, ImageBlockChainMixin, check_features
 from .configuration_ep_convnet import EPConvNetConfig
 
 
@@ -42,7 +40,7 @@ class EPConvNetPreTrainedModel(EPPreTrainedModel):
     input_modalities = ("image",)
 
 
-class EPConvNetForImageClassification(EPConvNetPreTrainedModel):
+class EPConvNetForImageClassification(ImageBlockChainMixin, EPConvNetPreTrainedModel):
     """Conv classifier: ``forward`` is the free phase; ``ep_stack`` hands its blocks to the EP engine."""
 
     def __init__(self, config: EPConvNetConfig):
@@ -55,37 +53,7 @@ class EPConvNetForImageClassification(EPConvNetPreTrainedModel):
         )
         self.post_init()
 
-    def _images(self, pixel_values: Tensor | None) -> Tensor:
+    def _pixels(self, pixel_values: Tensor | None) -> Tensor:
+        """Images ``(num_channels, image_size, image_size)``, or flat rows of that many values."""
         c, n = self.config.num_channels, self.config.image_size
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required")
-        check_finite("pixel_values", pixel_values)
-        if pixel_values.dim() < 2 or pixel_values[0].numel() != c * n * n:
-            raise ValueError(
-                f"`pixel_values` of shape {tuple(pixel_values.shape)} are not images of shape ({c}, {n}, {n}) "
-                "(or flat rows of that many values)"
-            )
-        return pixel_values.reshape(-1, c, n, n).to(self.dtype)
-
-    def ep_stack(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **_) -> BlockStack:
-        labels = require_labels(labels)
-        return BlockStack(
-            inputs=self._images(pixel_values),
-            blocks=list(self.blocks),
-            loss=lambda logits: classification_loss(self.config.loss, logits, labels),
-        )
-
-    def forward(
-        self,
-        pixel_values: Tensor | None = None,
-        labels: Tensor | None = None,
-        ep_contrast: Contrast | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput | Tensor:
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(pixel_values, labels))
-        s = self._images(pixel_values)
-        for block in self.blocks:
-            s = block(s)
-        loss = None if labels is None else classification_loss(self.config.loss, s, labels)
-        return ImageClassifierOutput(loss=loss, logits=s)
+        return check_features("pixel_values", pixel_values, c * n * n, self.dtype).reshape(-1, c, n, n)

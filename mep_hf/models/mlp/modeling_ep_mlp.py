@@ -5,10 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import ImageClassifierOutput
 
-from ...equilibrium import BlockStack, Contrast
-from ...modeling_utils import EPPreTrainedModel, check_features, classification_loss, require_labels
+from ...modeling_utils import EPPreTrainedModel, ImageBlockChainMixin, check_features
 from .configuration_ep_mlp import EPMLPConfig
 
 
@@ -37,7 +35,7 @@ class EPMLPPreTrainedModel(EPPreTrainedModel):
             init.zeros_(module.bias)
 
 
-class EPMLPForImageClassification(EPMLPPreTrainedModel):
+class EPMLPForImageClassification(ImageBlockChainMixin, EPMLPPreTrainedModel):
     """MLP classifier: ``forward`` is the free phase; ``ep_stack`` hands its blocks to the EP engine."""
 
     def __init__(self, config: EPMLPConfig):
@@ -50,28 +48,5 @@ class EPMLPForImageClassification(EPMLPPreTrainedModel):
         )
         self.post_init()
 
-    def _flatten(self, pixel_values: Tensor | None) -> Tensor:
+    def _pixels(self, pixel_values: Tensor | None) -> Tensor:
         return check_features("pixel_values", pixel_values, self.config.input_size, self.dtype)
-
-    def ep_stack(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **_) -> BlockStack:
-        labels = require_labels(labels)
-        return BlockStack(
-            inputs=self._flatten(pixel_values),
-            blocks=list(self.blocks),
-            loss=lambda logits: classification_loss(self.config.loss, logits, labels),
-        )
-
-    def forward(
-        self,
-        pixel_values: Tensor | None = None,
-        labels: Tensor | None = None,
-        ep_contrast: Contrast | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput | Tensor:
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(pixel_values, labels))
-        s = self._flatten(pixel_values)
-        for block in self.blocks:
-            s = block(s)
-        loss = None if labels is None else classification_loss(self.config.loss, s, labels)
-        return ImageClassifierOutput(loss=loss, logits=s)
