@@ -48,6 +48,7 @@ class BlockStack:
     """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
 
     ``loss`` must be the batch *mean* of per-sample losses, so that ``B·∂L/∂s_L`` is the per-sample gradient.
+    Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
     """
 
     inputs: Tensor
@@ -57,8 +58,6 @@ class BlockStack:
     def __post_init__(self):
         if len(self.blocks) == 0:
             raise ValueError("an EP block stack needs at least one block; the model exposed none")
-        if not torch.isfinite(self.inputs).all():
-            raise ValueError("the model inputs contain NaN or inf; EP cannot settle on non-finite inputs")
 
     @property
     def batch_size(self) -> int:
@@ -239,11 +238,13 @@ class Contrast:
 
     Models call it from their ``forward(..., ep_contrast=...)`` so that, under DDP, the contrast runs through the
     wrapped model's forward and gradients are all-reduced as for any loss. While placing each phase's states it
-    records the phase's final energy and checks that settling did not diverge.
+    records the phase's final energy and checks that settling did not diverge. ``first_prediction`` is the free
+    pass's ``f_1(s_0)``, graph included, when the caller kept it.
     """
 
     phases: list[Phase]
     divergence_threshold: float = SettleConfig.divergence_threshold
+    first_prediction: Tensor | None = None
 
     def __call__(self, stack: BlockStack) -> Tensor:
         betas = [p.beta for p in self.phases]
@@ -259,8 +260,10 @@ class Contrast:
         """
         layers = [0.5 * v / stack.batch_size for v in _sum_squares(phase.errors)]
         s, prediction, total = stack.inputs.detach(), None, 0.0
-        for block, e in zip(stack.blocks, phase.errors):
-            prediction = block(_feed(s, prediction))
+        for l, (block, e) in enumerate(zip(stack.blocks, phase.errors)):
+            # s_0 is clamped, so f_1(s_0) is the same in every phase: the free pass's graph serves (saves a forward).
+            reuse = l == 0 and self.first_prediction is not None
+            prediction = self.first_prediction if reuse else block(_feed(s, prediction))
             s = e.add_(prediction.detach())
             total = total + _PredictionError.apply(prediction, s)
         with torch.no_grad():

@@ -70,9 +70,9 @@ def check_features(name: str, tensor, features: int, dtype: torch.dtype) -> Tens
         )
     if tensor.shape[0] == 0:
         raise ValueError(f"`{name}` is an empty batch (0 examples); EP needs at least one example per step")
-    check_finite(name, tensor)
     flat = tensor.reshape(tensor.shape[0], -1).to(dtype)
-    if dtype.is_floating_point and not torch.isfinite(flat).all():
+    if dtype.is_floating_point and not torch.isfinite(flat).all():  # one check on the hot path; the cause below
+        check_finite(name, tensor)
         raise ValueError(f"`{name}` has values too large for the model dtype {dtype} (they overflow to inf)")
     return flat
 

@@ -63,9 +63,10 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             free = free_phase(stack)
             loss = free.loss
             phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
-            del free  # drop the free pass's graphs before the contrast builds its own
+            contrast_fn = Contrast(phases, args.ep_divergence_threshold, first_prediction=free.outputs[0])
+            del free  # drop the other free-pass graphs before the contrast builds its own
             # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.
-            contrast = model(**inputs, ep_contrast=Contrast(phases, args.ep_divergence_threshold))
+            contrast = model(**inputs, ep_contrast=contrast_fn)
         # Set by the Trainer's loop (the last accumulation window may be shorter); absent outside `train()`.
         steps = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
         self.accelerator.backward(contrast / steps)
