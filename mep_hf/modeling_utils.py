@@ -31,11 +31,12 @@ def classification_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
             f"labels must lie in [0, {num_labels - 1}], got values in [{int(labels.min())}, {int(labels.max())}]"
         )
     labels = labels.long()  # cross_entropy / one_hot index with int64 only; narrower integer dtypes are fine inputs
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision upcast, float64 kept
     if kind == "cross_entropy":
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits, labels)
     if kind == "mse":
         target = F.one_hot(labels, num_labels).to(logits.dtype)
-        return 0.5 * (logits.float() - target).pow(2).sum(-1).mean()
+        return 0.5 * (logits - target).pow(2).sum(-1).mean()
     raise ValueError(f"unknown loss {kind!r}; expected one of {TASK_LOSSES}")
 
 
