@@ -16,7 +16,6 @@ import os
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..equilibrium import BlockStack
 from ..modeling_utils import require_labels
-from .gpt2 import _bind_positional, attach_ep, unsupported
+from .base import _bind_positional, attach_ep, unsupported
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

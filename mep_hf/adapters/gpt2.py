@@ -21,8 +21,6 @@ the same deterministic energy; a fresh dropout mask per block call would replace
 
 from __future__ import annotations
 
-import functools
-import types
 from collections.abc import Callable
 
 import torch
@@ -31,6 +29,7 @@ from torch import Tensor, nn
 
 from ..equilibrium import BlockStack
 from ..modeling_utils import require_labels
+from .base import _bind_positional, attach_ep, unsupported
 
 IGNORE_INDEX = -100
 
@@ -42,42 +41,6 @@ def shifted_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX
     )
-
-
-def unsupported(model: nn.Module, what: str) -> TypeError:
-    return TypeError(f"{type(model).__name__} cannot be trained by EP: {what}")
-
-
-def attach_ep(model: nn.Module, ep_stack: Callable) -> nn.Module:
-    """Give ``model`` (this instance only) an ``ep_stack`` method and a forward that accepts ``ep_contrast=``.
-
-    Idempotent: a model already adapted is returned unchanged. The wrapper forward keeps the class forward's
-    signature (``functools.wraps`` on the unbound function, then bound with ``types.MethodType``).
-    """
-    if getattr(model, "_ep_adapted", False):
-        return model
-    class_forward = type(model).forward
-
-    @functools.wraps(class_forward)
-    def forward(self, *args, ep_contrast=None, **kwargs):
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(*args, **kwargs))
-        return class_forward(self, *args, **kwargs)
-
-    model.ep_stack = types.MethodType(ep_stack, model)
-    model.forward = types.MethodType(forward, model)
-    model._ep_adapted = True
-    return model
-
-
-def _bind_positional(model: nn.Module, args: tuple, kwargs: dict) -> dict:
-    """Positional arguments of the class forward (``model(input_ids, ...)``) as keywords."""
-    if not args:
-        return kwargs
-    import inspect
-
-    names = [p for p in inspect.signature(type(model).forward).parameters if p != "self"]
-    return {**dict(zip(names, args)), **kwargs}
 
 
 def _gpt2_ep_stack(
