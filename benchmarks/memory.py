@@ -15,6 +15,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def measure(args: MemoryArguments, method: str, depth: int) -> float:
     torch.manual_seed(0)
     model = EPMLPForImageClassification(EPMLPConfig(input_size=784, hidden_sizes=[args.width] * depth, num_labels=10))
     batch = {"pixel_values": torch.rand(args.batch_size, 784), "labels": torch.randint(0, 10, (args.batch_size,))}
-    common = dict(output_dir=str(Path(args.output_dir) / "tmp"), report_to="none", use_cpu=True)
+    common = dict(output_dir=tempfile.mkdtemp(prefix="mep_memory_"), report_to="none", use_cpu=True)
     if method == "ep":
         ep = dict(ep_beta=0.01, ep_nudging=args.ep_nudging, ep_settle_steps=args.ep_settle_steps)
         trainer = EPTrainer(model=model, args=EPTrainingArguments(**common, **ep))
