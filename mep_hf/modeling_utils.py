@@ -40,6 +40,22 @@ def classification_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
     raise ValueError(f"unknown loss {kind!r}; expected one of {TASK_LOSSES}")
 
 
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of next-token prediction: logits at position t predict ``labels[t + 1]``; -100 is ignored.
+
+    Half-precision logits are upcast; float32/float64 keep their precision (the gradient tests run in float64).
+    """
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)} but the logits need {tuple(logits.shape[:-1])}")
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
 def require_labels(labels: Tensor | None) -> Tensor:
     """EP nudges the output towards the labels, so a training batch without them is an error."""
     if labels is None:

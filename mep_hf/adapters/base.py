@@ -7,7 +7,9 @@ import inspect
 import types
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
+
+from ..modeling_utils import require_labels
 
 
 def unsupported(model: nn.Module, what: str) -> TypeError:
@@ -42,3 +44,14 @@ def _bind_positional(model: nn.Module, args: tuple, kwargs: dict) -> dict:
         return kwargs
     names = [p for p in inspect.signature(type(model).forward).parameters if p != "self"]
     return {**dict(zip(names, args)), **kwargs}
+
+
+def token_inputs(model: nn.Module, args: tuple, kwargs: dict) -> tuple[dict, Tensor, Tensor]:
+    """The class-forward arguments as keywords, with the token ids and labels EP needs checked."""
+    kw = _bind_positional(model, args, kwargs)
+    labels = require_labels(kw.get("labels"))
+    if kw.get("inputs_embeds") is not None:
+        raise unsupported(model, "EP needs `input_ids` (inputs_embeds are not supported: s_0 must be the token ids)")
+    if kw.get("input_ids") is None:
+        raise ValueError("`input_ids` is required")
+    return kw, kw["input_ids"], labels

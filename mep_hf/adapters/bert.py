@@ -19,32 +19,18 @@ replace the O(β) signal of the energy difference by O(p/β) noise.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..equilibrium import BlockStack
-from ..modeling_utils import require_labels
-from .base import _bind_positional, attach_ep, unsupported
-
-
-def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Batch-mean cross-entropy; half precision is upcast, float64 kept (the gradient tests run in float64)."""
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1).to(logits.device))
+from ..modeling_utils import classification_loss
+from .base import attach_ep, token_inputs, unsupported
 
 
 def _bert_ep_stack(self, *args, **kwargs) -> BlockStack:
     from transformers.masking_utils import create_bidirectional_mask
 
-    kw = _bind_positional(self, args, kwargs)
-    input_ids, attention_mask = kw.get("input_ids"), kw.get("attention_mask")
-    token_type_ids, position_ids = kw.get("token_type_ids"), kw.get("position_ids")
-    labels = require_labels(kw.get("labels"))
-    if kw.get("inputs_embeds") is not None:
-        raise unsupported(self, "EP needs `input_ids` (inputs_embeds are not supported: s_0 must be the token ids)")
-    if input_ids is None:
-        raise ValueError("`input_ids` is required")
+    kw, input_ids, labels = token_inputs(self, args, kwargs)
+    attention_mask, token_type_ids, position_ids = kw.get("attention_mask"), kw.get("token_type_ids"), kw.get("position_ids")
     problem = self.config.problem_type
     if problem not in (None, "single_label_classification") or self.config.num_labels < 2:
         raise unsupported(self, f"only single-label classification is supported (problem_type={problem!r}, "
@@ -69,7 +55,7 @@ def _bert_ep_stack(self, *args, **kwargs) -> BlockStack:
     return BlockStack(
         inputs=input_ids,
         blocks=[embed, *(layer(m) for m in bert.encoder.layer), head],
-        loss=lambda logits: _cross_entropy(logits, labels),
+        loss=lambda logits: classification_loss("cross_entropy", logits, labels),
     )
 
 

@@ -24,24 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..equilibrium import BlockStack
-from ..modeling_utils import require_labels
-from .base import _bind_positional, attach_ep, unsupported
-
-IGNORE_INDEX = -100
-
-
-def shifted_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean next-token cross-entropy (logits at t predict labels at t+1; -100 ignored), as ``ForCausalLMLoss``."""
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX
-    )
-
+from ..modeling_utils import causal_lm_loss
+from .base import attach_ep, token_inputs, unsupported
 
 def _gpt2_ep_stack(
     self,
@@ -50,14 +37,8 @@ def _gpt2_ep_stack(
 ) -> BlockStack:
     from transformers.masking_utils import create_causal_mask
 
-    kw = _bind_positional(self, args, kwargs)
-    input_ids, attention_mask = kw.get("input_ids"), kw.get("attention_mask")
-    position_ids, token_type_ids = kw.get("position_ids"), kw.get("token_type_ids")
-    labels = require_labels(kw.get("labels"))
-    if kw.get("inputs_embeds") is not None:
-        raise unsupported(self, "EP needs `input_ids` (inputs_embeds are not supported: s_0 must be the token ids)")
-    if input_ids is None:
-        raise ValueError("`input_ids` is required")
+    kw, input_ids, labels = token_inputs(self, args, kwargs)
+    attention_mask, position_ids, token_type_ids = kw.get("attention_mask"), kw.get("position_ids"), kw.get("token_type_ids")
     if kw.get("encoder_hidden_states") is not None or self.config.add_cross_attention:
         raise unsupported(self, "cross-attention (add_cross_attention / encoder_hidden_states) is not supported")
     if kw.get("cache") is not None or kw.get("past_key_values") is not None or kw.get("use_cache"):
@@ -94,7 +75,7 @@ def _gpt2_ep_stack(
     return BlockStack(
         inputs=input_ids,
         blocks=[embed, *(layer(b) for b in tf.h), head],
-        loss=lambda logits: shifted_lm_loss(logits, labels),
+        loss=lambda logits: causal_lm_loss(logits, labels),
     )
 
 

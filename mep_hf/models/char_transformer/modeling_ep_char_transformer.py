@@ -18,24 +18,9 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutput
 
 from ...equilibrium import BlockStack, Contrast
-from ...modeling_utils import EPPreTrainedModel, require_labels
+from ...modeling_utils import EPPreTrainedModel, causal_lm_loss, require_labels
 from .configuration_ep_char_transformer import EPCharTransformerConfig
 
-IGNORE_INDEX = -100
-
-
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of next-token prediction: logits at position t predict ``labels[t + 1]``; -100 is ignored.
-
-    Half-precision logits are upcast; float32/float64 keep their precision (the gradient tests run in float64).
-    """
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels have shape {tuple(labels.shape)} but the logits need {tuple(logits.shape[:-1])}")
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
 
 
 def attention_bias(attention_mask: Tensor | None, length: int, device) -> Tensor | None:
