@@ -95,6 +95,8 @@ class Linearization:
     loss with its per-sample gradient ``B·∂L/∂s_L`` at ``s_L``.
 
     The graphs serve the state VJPs of the next settling step and die with this object; nothing chains them.
+    A sweep that is their last use drops each block's graph, output and state once its VJP is taken
+    (``release``), so the free pass costs no memory beyond what the sweep still needs.
     """
 
     states: list[Tensor]
@@ -115,10 +117,10 @@ def _state(t: Tensor) -> Tensor:
     return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _feed(state: Tensor, previous_output: Tensor | None) -> Tensor:
+def _feed(state: Tensor, previous_dtype: torch.dtype | None) -> Tensor:
     """A float32 state enters the next block in the dtype the previous block computed in (a bf16 model's own
     dtype; a no-op under autocast or in full precision), differentiably, so VJPs still arrive in float32."""
-    return state if previous_output is None else state.to(previous_output.dtype)
+    return state if previous_dtype is None else state.to(previous_dtype)
 
 
 def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states: Sequence[Tensor] | None = None):
@@ -132,7 +134,7 @@ def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states:
             if states is not None and l > 0:
                 s = states[l - 1]
             s = s.detach().requires_grad_(l > 0)  # s_0 is clamped: no VJP into it is ever needed
-            out = block(_feed(s, out))
+            out = block(_feed(s, None if out is None else out.dtype))
             lin.inputs.append(s)
             lin.outputs.append(out)
             s = _state(out) if errors is None else _state(out) + errors[l]
@@ -156,11 +158,14 @@ def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
     return torch.stack([t.detach().float().pow(2).sum() for t in errors]).tolist()
 
 
-def _sweep(lin: Linearization, beta: float) -> list[Tensor]:
-    """Back to front: each error set to its stationarity value given the layer above."""
+def _sweep(lin: Linearization, beta: float, release: bool = False) -> list[Tensor]:
+    """Back to front: each error set to its stationarity value given the layer above. With ``release`` the
+    linearization is consumed on the way (all but block 1's graph, which the contrast reuses)."""
     errors = [-beta * lin.loss_grad]
     for l in range(len(lin.outputs) - 1, 0, -1):
         errors.insert(0, lin.vjp(l, errors[0]))
+        if release:
+            lin.outputs[l] = lin.inputs[l] = lin.states[l] = None
     return errors
 
 
@@ -192,17 +197,19 @@ def check_energy(energy: float, start: float, layers: Sequence[float], step: int
     )
 
 
-def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleConfig) -> Phase:
+def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleConfig, errors=None) -> Phase:
     """Settle one nudged phase from the free state.
 
     Stops after ``config.steps`` steps, or once the largest relative change of the errors ``‖Δe_l‖/‖e_l‖`` falls
-    below ``config.tol``.
+    below ``config.tol``. ``errors``: the first sweep's result when the caller already has it (see
+    :func:`nudged_phases`); it counts as step 1.
     """
     lin = free
     start = beta * lin.loss
-    errors = [torch.zeros_like(s) for s in lin.states]
-    steps = 0
-    for steps in range(1, config.steps + 1):
+    first = 1 if errors is None else 2
+    errors = [torch.zeros_like(s) for s in lin.states] if errors is None else errors
+    steps = first - 1
+    for steps in range(first, config.steps + 1):
         if config.mode == "sweep":
             if steps > 1:  # place the states the last sweep's errors define (the last placement is the contrast's)
                 lin = linearize(stack, errors=errors)
@@ -225,11 +232,19 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
 
 
 def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: str, config: SettleConfig):
-    """The nudged phases a contrast needs: ``+β`` alone, or ``+β`` and ``−β`` (centered), from one free pass."""
+    """The nudged phases a contrast needs: ``+β`` alone, or ``+β`` and ``−β`` (centered), from one free pass.
+
+    With sweep settling, the first sweep from the free state is linear in β: it runs once, consuming the free
+    pass's graphs, and the ``−β`` phase starts from its negation.
+    """
     if nudging not in NUDGING_MODES:
         raise ValueError(f"unknown nudging mode {nudging!r}; expected one of {NUDGING_MODES}")
     betas = (beta, -beta) if nudging == "centered" else (beta,)
-    return [settle(stack, free, b, config) for b in betas]
+    if config.mode != "sweep":
+        return [settle(stack, free, b, config) for b in betas]
+    first = _sweep(free, beta, release=True)
+    starts = [first] if len(betas) == 1 else [first, [-e for e in first]]
+    return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
 
 
 @dataclass
@@ -239,50 +254,102 @@ class Contrast:
     Models call it from their ``forward(..., ep_contrast=...)`` so that, under DDP, the contrast runs through the
     wrapped model's forward and gradients are all-reduced as for any loss. While placing each phase's states it
     records the phase's final energy and checks that settling did not diverge. ``first_prediction`` is the free
-    pass's ``f_1(s_0)``, graph included, when the caller kept it.
+    pass's ``f_1(s_0)``, graph included, when the caller kept it. ``grad_scale`` is the loss scale the caller's
+    backward will apply (fp16 ``GradScaler``): the layer gradients are taken at that scale so that half-precision
+    blocks do not underflow, and the backward divides it out again.
     """
 
     phases: list[Phase]
     divergence_threshold: float = SettleConfig.divergence_threshold
     first_prediction: Tensor | None = None
+    grad_scale: float = 1.0
 
     def __call__(self, stack: BlockStack) -> Tensor:
+        """Place the states front to back and take each layer's parameter gradient as soon as its prediction
+        exists, so no graph outlives its layer: the peak holds the not-yet-placed errors and the gradients.
+
+        ``E(s; θ)`` with the states held constant has the layer-local gradient ``∂/∂θ_l ½‖s_l − f_l(s_{l−1})‖²
+        = −(∂f_l/∂θ_l)ᵀ e_l``. The states are built in the errors' own storage (the phases are consumed).
+        """
         betas = [p.beta for p in self.phases]
         weights = [1 / betas[0]] if len(betas) == 1 else [1 / (betas[0] - betas[1]), -1 / (betas[0] - betas[1])]
-        return sum(w * self._prediction_energy(stack, p) for w, p in zip(weights, self.phases))
-
-    def _prediction_energy(self, stack: BlockStack, phase: Phase) -> Tensor:
-        """``E(s; θ)`` with the phase's states held constant: differentiable in the parameters only.
-
-        ``s_l = f_l(s_{l−1}) + e_l`` with the prediction detached, so ``½‖s_l − f_l(s_{l−1})‖²`` has the value
-        ``½‖e_l‖²`` and the parameter gradient ``−(∂f_l/∂θ_l)ᵀ e_l``. The states are built in the errors' own
-        storage (the phase is consumed), so the graph holds two tensors per layer: the state and the prediction.
-        """
-        layers = [0.5 * v / stack.batch_size for v in _sum_squares(phase.errors)]
-        s, prediction, total = stack.inputs.detach(), None, 0.0
-        for l, (block, e) in enumerate(zip(stack.blocks, phase.errors)):
-            # s_0 is clamped, so f_1(s_0) is the same in every phase: the free pass's graph serves (saves a forward).
-            reuse = l == 0 and self.first_prediction is not None
-            prediction = self.first_prediction if reuse else block(_feed(s, prediction))
-            s = e.add_(prediction.detach())
-            total = total + _PredictionError.apply(prediction, s)
+        layers = [[0.5 * v / stack.batch_size for v in _sum_squares(p.errors)] for p in self.phases]
+        states = [stack.inputs.detach()] * len(self.phases)
+        dtypes = [None] * len(self.phases)  # dtype the previous block computed in, per phase
+        grads: dict[Tensor, Tensor] = {}
+        with torch.enable_grad():
+            for l, block in enumerate(stack.blocks):
+                outputs, grad_outputs = [], []
+                for p, (phase, w) in enumerate(zip(self.phases, weights)):
+                    # s_0 is clamped, so f_1(s_0) is the same in every phase: the free pass's graph serves.
+                    reuse = l == 0 and self.first_prediction is not None
+                    prediction = self.first_prediction if reuse else block(_feed(states[p], dtypes[p]))
+                    e = phase.errors[l]
+                    outputs.append(prediction)
+                    grad_outputs.append((e * (-w * self.grad_scale / stack.batch_size)).to(prediction.dtype))
+                    states[p], dtypes[p] = e.add_(prediction.detach()), prediction.dtype
+                _accumulate_parameter_grads(outputs, grad_outputs, grads)
         with torch.no_grad():
-            loss = float(stack.loss(s))
-        phase.energy = sum(layers) + phase.beta * loss
-        check_energy(phase.energy, phase.start_energy, layers, phase.steps, phase.beta, self.divergence_threshold)
-        return total / stack.batch_size
+            losses = [float(stack.loss(s)) for s in states]
+        for phase, phase_layers, loss in zip(self.phases, layers, losses):
+            phase.energy = sum(phase_layers) + phase.beta * loss
+            check_energy(
+                phase.energy, phase.start_energy, phase_layers, phase.steps, phase.beta, self.divergence_threshold
+            )
+        value = sum(w * sum(phase_layers) for w, phase_layers in zip(weights, layers))
+        dtype = torch.promote_types(stack.inputs.dtype, torch.float32)
+        value = torch.tensor(value, dtype=dtype, device=stack.inputs.device)
+        return _LayerGradients.apply(value, self.grad_scale, list(grads.values()), *grads)
 
 
-class _PredictionError(torch.autograd.Function):
-    """``½‖s − p‖²`` whose backward recomputes ``s − p`` from the state and prediction the graph keeps anyway,
-    instead of saving the difference as a third tensor per layer."""
+def _accumulate_parameter_grads(outputs: list[Tensor], grad_outputs: list[Tensor], grads: dict[Tensor, Tensor]):
+    """Add ``Σ J_θ(outputs)ᵀ grad_outputs`` into ``grads`` for every leaf the outputs depend on (a block's
+    parameters, found from its graph, so any callable works and tied weights add up)."""
+    merged: dict[Tensor, Tensor] = {}  # one output shared by several phases (f_1(s_0)) is differentiated once
+    for output, grad_output in zip(outputs, grad_outputs):
+        if output.grad_fn is not None:
+            merged[output] = merged[output] + grad_output if output in merged else grad_output
+    leaves = _graph_leaves([o.grad_fn for o in merged])
+    if not leaves:
+        return
+    for leaf, g in zip(leaves, torch.autograd.grad(list(merged), leaves, list(merged.values()))):
+        if leaf in grads:
+            grads[leaf] += g
+        else:
+            grads[leaf] = g
+
+
+def _graph_leaves(roots) -> list[Tensor]:
+    """Leaf tensors (parameters) that require grad and reach ``roots``' autograd graph, in discovery order."""
+    leaves, seen, stack = {}, set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if variable is not None:
+            leaves.setdefault(variable, None)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return list(leaves)
+
+
+class _LayerGradients(torch.autograd.Function):
+    """The contrast's value, whose backward hands out the layer gradients computed while placing the states
+    (times the incoming gradient, over ``grad_scale``) instead of differentiating a graph kept for the purpose.
+
+    Consumed by one backward, like a graph without ``retain_graph``.
+    """
 
     @staticmethod
-    def forward(ctx, prediction: Tensor, state: Tensor) -> Tensor:
-        ctx.save_for_backward(prediction, state)
-        return 0.5 * (state - prediction).pow(2).sum()
+    def forward(ctx, value: Tensor, grad_scale: float, grads: list[Tensor], *leaves: Tensor) -> Tensor:
+        ctx.grads, ctx.grad_scale = grads, grad_scale
+        return value.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        prediction, state = ctx.saved_tensors
-        return (grad * (prediction - state)).to(prediction.dtype), None
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("the EP contrast was already backpropagated; its layer gradients are consumed")
+        factor = grad / ctx.grad_scale
+        return (None, None, None, *(g.mul_(factor.to(g.dtype)) for g in grads))

@@ -37,6 +37,7 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
+        self._unwrap_cache: tuple[nn.Module | None, nn.Module | None] = (None, None)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, or a MEP preset when ``args.mep_optimizer`` names one."""
@@ -59,11 +60,13 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
         inputs = self._prepare_inputs(inputs)
         args = self.args
         with self.compute_loss_context_manager():
-            stack: BlockStack = self.accelerator.unwrap_model(model).ep_stack(**inputs)
+            stack: BlockStack = self._unwrapped(model).ep_stack(**inputs)
             free = free_phase(stack)
             loss = free.loss
             phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
-            contrast_fn = Contrast(phases, args.ep_divergence_threshold, first_prediction=free.outputs[0])
+            contrast_fn = Contrast(
+                phases, args.ep_divergence_threshold, first_prediction=free.outputs[0], grad_scale=self._loss_scale()
+            )
             del free  # drop the other free-pass graphs before the contrast builds its own
             # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.
             contrast = model(**inputs, ep_contrast=contrast_fn)
@@ -73,6 +76,17 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
         self._ep_metrics["ep_energy"].append(sum(p.energy for p in phases) / len(phases))
         self._ep_metrics["ep_settle_steps"].append(sum(p.steps for p in phases) / len(phases))
         return torch.tensor(loss / steps, device=args.device)
+
+    def _unwrapped(self, model: nn.Module) -> nn.Module:
+        """``accelerator.unwrap_model``, remembered per wrapper: it probes installed packages on every call."""
+        if self._unwrap_cache[0] is not model:
+            self._unwrap_cache = (model, self.accelerator.unwrap_model(model))
+        return self._unwrap_cache[1]
+
+    def _loss_scale(self) -> float:
+        """The fp16 ``GradScaler``'s current scale (1 without one): ``accelerator.backward`` multiplies by it."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the settling diagnostics, averaged since the last log, to the training logs."""
