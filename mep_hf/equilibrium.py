@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -89,26 +90,72 @@ class Phase:
     energy: float = math.nan
 
 
+class BlockLinearization(Protocol):
+    """One block run at one input state, kept ready for the two products EP needs at that state.
+
+    ``output`` is ``f(s)``. ``vjp(e)`` is ``J_f(s)ᵀ e`` into the input state (settling). ``parameter_grads(g)``
+    is ``scale · J_θ f(s)ᵀ e`` as ``(parameter, gradient)`` pairs (the contrast); it is the linearization's last
+    use, and may reuse ``e``'s storage only if it made a copy of it.
+    Blocks get :class:`AutogradBlock` unless they offer an analytic one through ``ep_linearize(state)``
+    (see :mod:`mep_hf.kernels`).
+    """
+
+    output: Tensor
+
+    def vjp(self, e: Tensor) -> Tensor: ...
+
+    def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]: ...
+
+
+class AutogradBlock:
+    """Any callable block, run once with its one-block graph kept: both products by autograd.
+
+    ``feed_dtype``: a float32 state enters the block in the dtype the previous block computed in (a bf16 model's
+    own dtype; a no-op under autocast or in full precision), differentiably, so VJPs still arrive in float32.
+    """
+
+    def __init__(self, block: Callable[[Tensor], Tensor], state: Tensor, feed_dtype, input_grad: bool):
+        with torch.enable_grad():
+            self.input = state.detach().requires_grad_(input_grad)
+            self.output = block(self.input if feed_dtype is None else self.input.to(feed_dtype))
+
+    def vjp(self, e: Tensor) -> Tensor:
+        (g,) = torch.autograd.grad(self.output, self.input, e, retain_graph=True)
+        return g
+
+    def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
+        """Leaves (parameters) are found from the graph, so any callable works and tied weights add up."""
+        leaves = [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
+        if not leaves:
+            return []
+        return list(zip(leaves, torch.autograd.grad(self.output, leaves, (e * scale).to(self.output.dtype))))
+
+
+def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool) -> BlockLinearization:
+    """The block's own analytic linearization where it has one for this state, else :class:`AutogradBlock`."""
+    analytic = getattr(block, "ep_linearize", None)
+    lin = analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
+    return lin if lin is not None else AutogradBlock(block, state, feed_dtype, input_grad)
+
+
 @dataclass
 class Linearization:
-    """States ``s_1..s_L``, each block's output at its input state with the one-block graph kept, and the task
-    loss with its per-sample gradient ``B·∂L/∂s_L`` at ``s_L``.
+    """States ``s_1..s_L``, each block linearized at its input state, and the task loss with its per-sample
+    gradient ``B·∂L/∂s_L`` at ``s_L``.
 
-    The graphs serve the state VJPs of the next settling step and die with this object; nothing chains them.
-    A sweep that is their last use drops each block's graph, output and state once its VJP is taken
-    (``release``), so the free pass costs no memory beyond what the sweep still needs.
+    The linearizations serve the state VJPs of the next settling step and die with this object; nothing chains
+    them. A sweep that is their last use drops each one once its VJP is taken (``release``), so the free pass
+    costs no memory beyond what the sweep still needs.
     """
 
     states: list[Tensor]
-    inputs: list[Tensor]
-    outputs: list[Tensor]
+    blocks: list[BlockLinearization]
     loss: float = math.nan
     loss_grad: Tensor | None = None
 
     def vjp(self, l: int, e: Tensor) -> Tensor:
         """``J_{f_l}(s_{l−1})ᵀ e`` (0-based block ``l``); parameters are not differentiated."""
-        (g,) = torch.autograd.grad(self.outputs[l], self.inputs[l], e, retain_graph=True)
-        return g
+        return self.blocks[l].vjp(e)
 
 
 def _state(t: Tensor) -> Tensor:
@@ -117,30 +164,23 @@ def _state(t: Tensor) -> Tensor:
     return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _feed(state: Tensor, previous_dtype: torch.dtype | None) -> Tensor:
-    """A float32 state enters the next block in the dtype the previous block computed in (a bf16 model's own
-    dtype; a no-op under autocast or in full precision), differentiably, so VJPs still arrive in float32."""
-    return state if previous_dtype is None else state.to(previous_dtype)
-
-
 def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states: Sequence[Tensor] | None = None):
     """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``.
 
     With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
     """
-    s, out, lin = stack.inputs, None, Linearization([], [], [])
+    s, dtype, lin = stack.inputs, None, Linearization([], [])
+    for l, block in enumerate(stack.blocks):
+        if states is not None and l > 0:
+            s = states[l - 1]
+        b = linearize_block(block, s, dtype, input_grad=l > 0)  # s_0 is clamped: no VJP into it is ever needed
+        lin.blocks.append(b)
+        s = _state(b.output) if errors is None else _state(b.output) + errors[l]
+        dtype = b.output.dtype
+        lin.states.append(s)
+    if states is not None:
+        lin.states = [t.detach() for t in states]
     with torch.enable_grad():
-        for l, block in enumerate(stack.blocks):
-            if states is not None and l > 0:
-                s = states[l - 1]
-            s = s.detach().requires_grad_(l > 0)  # s_0 is clamped: no VJP into it is ever needed
-            out = block(_feed(s, None if out is None else out.dtype))
-            lin.inputs.append(s)
-            lin.outputs.append(out)
-            s = _state(out) if errors is None else _state(out) + errors[l]
-            lin.states.append(s)
-        if states is not None:
-            lin.states = [t.detach() for t in states]
         last = lin.states[-1].detach().requires_grad_(True)
         loss = stack.loss(last)
         (grad,) = torch.autograd.grad(loss, last)
@@ -155,17 +195,17 @@ def free_phase(stack: BlockStack) -> Linearization:
 
 def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
     """``‖t‖²`` of each tensor, read back in one device sync."""
-    return torch.stack([t.detach().float().pow(2).sum() for t in errors]).tolist()
+    return torch.stack(torch._foreach_norm([t.detach() for t in errors])).double().square().tolist()
 
 
 def _sweep(lin: Linearization, beta: float, release: bool = False) -> list[Tensor]:
     """Back to front: each error set to its stationarity value given the layer above. With ``release`` the
-    linearization is consumed on the way (all but block 1's graph, which the contrast reuses)."""
+    linearization is consumed on the way (all but block 1's, which the contrast reuses)."""
     errors = [-beta * lin.loss_grad]
-    for l in range(len(lin.outputs) - 1, 0, -1):
+    for l in range(len(lin.blocks) - 1, 0, -1):
         errors.insert(0, lin.vjp(l, errors[0]))
         if release:
-            lin.outputs[l] = lin.inputs[l] = lin.states[l] = None
+            lin.blocks[l] = lin.states[l] = None
     return errors
 
 
@@ -218,7 +258,7 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
             new_errors = _sweep(lin, beta)
         else:
             lin = linearize(stack, states=_gradient_step(lin, errors, beta, config.lr))
-            new_errors = [s - _state(p) for s, p in zip(lin.states, lin.outputs)]
+            new_errors = [s - _state(b.output) for s, b in zip(lin.states, lin.blocks)]
             energy, layers = _energy(new_errors, lin.loss, beta, stack.batch_size)
             check_energy(energy, start, layers, steps, beta, config.divergence_threshold)
         if config.tol > 0:
@@ -253,23 +293,23 @@ class Contrast:
 
     Models call it from their ``forward(..., ep_contrast=...)`` so that, under DDP, the contrast runs through the
     wrapped model's forward and gradients are all-reduced as for any loss. While placing each phase's states it
-    records the phase's final energy and checks that settling did not diverge. ``first_prediction`` is the free
-    pass's ``f_1(s_0)``, graph included, when the caller kept it. ``grad_scale`` is the loss scale the caller's
-    backward will apply (fp16 ``GradScaler``): the layer gradients are taken at that scale so that half-precision
-    blocks do not underflow, and the backward divides it out again.
+    records the phase's final energy and checks that settling did not diverge. ``first_block`` is the free
+    pass's linearization of block 1 when the caller kept it (``s_0`` is clamped, so it serves every phase).
+    ``grad_scale`` is the loss scale the caller's backward will apply (fp16 ``GradScaler``): the layer gradients
+    are taken at that scale so that half-precision blocks do not underflow, and the backward divides it out again.
     """
 
     phases: list[Phase]
     divergence_threshold: float = SettleConfig.divergence_threshold
-    first_prediction: Tensor | None = None
+    first_block: BlockLinearization | None = None
     grad_scale: float = 1.0
 
     def __call__(self, stack: BlockStack) -> Tensor:
         """Place the states front to back and take each layer's parameter gradient as soon as its prediction
-        exists, so no graph outlives its layer: the peak holds the not-yet-placed errors and the gradients.
+        exists, so nothing outlives its layer: the peak holds the not-yet-placed errors and the gradients.
 
         ``E(s; θ)`` with the states held constant has the layer-local gradient ``∂/∂θ_l ½‖s_l − f_l(s_{l−1})‖²
-        = −(∂f_l/∂θ_l)ᵀ e_l``. The states are built in the errors' own storage (the phases are consumed).
+        = −(∂f_l/∂θ_l)ᵀ e_l``. The states are built in the errors' own storage: the phases are consumed.
         """
         betas = [p.beta for p in self.phases]
         weights = [1 / betas[0]] if len(betas) == 1 else [1 / (betas[0] - betas[1]), -1 / (betas[0] - betas[1])]
@@ -277,18 +317,21 @@ class Contrast:
         states = [stack.inputs.detach()] * len(self.phases)
         dtypes = [None] * len(self.phases)  # dtype the previous block computed in, per phase
         grads: dict[Tensor, Tensor] = {}
-        with torch.enable_grad():
-            for l, block in enumerate(stack.blocks):
-                outputs, grad_outputs = [], []
-                for p, (phase, w) in enumerate(zip(self.phases, weights)):
-                    # s_0 is clamped, so f_1(s_0) is the same in every phase: the free pass's graph serves.
-                    reuse = l == 0 and self.first_prediction is not None
-                    prediction = self.first_prediction if reuse else block(_feed(states[p], dtypes[p]))
-                    e = phase.errors[l]
-                    outputs.append(prediction)
-                    grad_outputs.append((e * (-w * self.grad_scale / stack.batch_size)).to(prediction.dtype))
-                    states[p], dtypes[p] = e.add_(prediction.detach()), prediction.dtype
-                _accumulate_parameter_grads(outputs, grad_outputs, grads)
+        scale = -self.grad_scale / stack.batch_size
+        for l, block in enumerate(stack.blocks):
+            errors = [p.errors[l] for p in self.phases]
+            if l == 0 and self.first_block is not None:  # s_0 is clamped: f_1(s_0) is the same in every phase
+                predictions, self.first_block = [self.first_block] * len(errors), None
+                combined = errors[0] if len(errors) == 1 else errors[0].add(errors[1], alpha=weights[1] / weights[0])
+                _accumulate(grads, predictions[0].parameter_grads(combined, weights[0] * scale))
+            else:
+                predictions = [linearize_block(block, s, d, input_grad=False) for s, d in zip(states, dtypes)]
+                for prediction, e, w in zip(predictions, errors, weights):
+                    _accumulate(grads, prediction.parameter_grads(e, w * scale))
+            for p, (phase, prediction) in enumerate(zip(self.phases, predictions)):
+                states[p] = phase.errors[l].add_(prediction.output.detach())
+                dtypes[p], phase.errors[l] = prediction.output.dtype, None  # the state holds its storage now
+            del errors, predictions  # the layer is done: its predictions and input states go before the next
         with torch.no_grad():
             losses = [float(stack.loss(s)) for s in states]
         for phase, phase_layers, loss in zip(self.phases, layers, losses):
@@ -302,21 +345,13 @@ class Contrast:
         return _LayerGradients.apply(value, self.grad_scale, list(grads.values()), *grads)
 
 
-def _accumulate_parameter_grads(outputs: list[Tensor], grad_outputs: list[Tensor], grads: dict[Tensor, Tensor]):
-    """Add ``Σ J_θ(outputs)ᵀ grad_outputs`` into ``grads`` for every leaf the outputs depend on (a block's
-    parameters, found from its graph, so any callable works and tied weights add up)."""
-    merged: dict[Tensor, Tensor] = {}  # one output shared by several phases (f_1(s_0)) is differentiated once
-    for output, grad_output in zip(outputs, grad_outputs):
-        if output.grad_fn is not None:
-            merged[output] = merged[output] + grad_output if output in merged else grad_output
-    leaves = _graph_leaves([o.grad_fn for o in merged])
-    if not leaves:
-        return
-    for leaf, g in zip(leaves, torch.autograd.grad(list(merged), leaves, list(merged.values()))):
-        if leaf in grads:
-            grads[leaf] += g
+def _accumulate(grads: dict[Tensor, Tensor], pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """Add ``(parameter, gradient)`` pairs into ``grads`` (a parameter used by several blocks adds up)."""
+    for parameter, g in pairs:
+        if parameter in grads:
+            grads[parameter] += g
         else:
-            grads[leaf] = g
+            grads[parameter] = g
 
 
 def _graph_leaves(roots) -> list[Tensor]:
@@ -351,5 +386,5 @@ class _LayerGradients(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if grads is None:
             raise RuntimeError("the EP contrast was already backpropagated; its layer gradients are consumed")
-        factor = grad / ctx.grad_scale
-        return (None, None, None, *(g.mul_(factor.to(g.dtype)) for g in grads))
+        factor = float(grad) / ctx.grad_scale  # a Python number: one read-back, and no work at all when it is 1
+        return (None, None, None, *(g if factor == 1 else g.mul_(factor) for g in grads))

@@ -65,7 +65,7 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             loss = free.loss
             phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
             contrast_fn = Contrast(
-                phases, args.ep_divergence_threshold, first_prediction=free.outputs[0], grad_scale=self._loss_scale()
+                phases, args.ep_divergence_threshold, first_block=free.blocks[0], grad_scale=self._loss_scale()
             )
             del free  # drop the other free-pass graphs before the contrast builds its own
             # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.

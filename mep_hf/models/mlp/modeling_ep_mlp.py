@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 
+from ...kernels import DenseLinearization
 from ...modeling_utils import EPPreTrainedModel, ImageBlockChainMixin, check_features
 from .configuration_ep_mlp import EPMLPConfig
 
@@ -16,10 +17,15 @@ class EPDenseBlock(nn.Module):
     def __init__(self, in_features: int, out_features: int, activation: str | None):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
+        self.activation = activation
         self.act = ACT2FN[activation] if activation else nn.Identity()
 
     def forward(self, s: Tensor) -> Tensor:
         return self.act(self.linear(s))
+
+    def ep_linearize(self, s: Tensor) -> DenseLinearization | None:
+        """Closed-form state VJP and parameter gradient for the EP engine (autograd where it does not apply)."""
+        return DenseLinearization.maybe(self.linear, self.activation, s)
 
 
 class EPMLPPreTrainedModel(EPPreTrainedModel):

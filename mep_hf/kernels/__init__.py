@@ -1,0 +1,7 @@
+"""Analytic block linearizations: the two products EP needs from a block (state VJP, parameter gradient) in closed
+form, for blocks common enough to be worth it. Generic autograd (:class:`mep_hf.equilibrium.AutogradBlock`)
+covers every other block; a block opts in through ``ep_linearize(state)``."""
+
+from .dense import DENSE_ACTIVATIONS, DenseLinearization
+
+__all__ = ["DENSE_ACTIVATIONS", "DenseLinearization"]

@@ -1,0 +1,68 @@
+"""``act(W s + b)`` linearized in closed form: no autograd graph, no graph walk, one matmul per product.
+
+The derivative ``act'(z)`` is read off the output ``o = act(z)`` (tanh: ``1 − o²``; sigmoid: ``o(1 − o)``;
+relu: ``o > 0``) by the same fused aten kernels autograd's own backward uses, so the linearization keeps exactly
+what autograd would (input and output) and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_aten = torch.ops.aten
+# activation name -> (in-place act, (e, output) -> act'(z) ⊙ e); None: no activation (the output block).
+DENSE_ACTIVATIONS: dict[str | None, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor] | None]] = {
+    None: (lambda z: z, None),
+    "tanh": (torch.tanh_, _aten.tanh_backward),
+    "sigmoid": (torch.sigmoid_, _aten.sigmoid_backward),
+    "relu": (torch.relu_, lambda e, o: _aten.threshold_backward(e, o, 0)),
+}
+
+
+class DenseLinearization:
+    """:class:`~mep_hf.equilibrium.BlockLinearization` of ``act(linear(s))`` at the state ``s``."""
+
+    def __init__(self, linear: nn.Linear, activation: str | None, state: Tensor):
+        self.linear, self.input = linear, state.detach()
+        act, self._derivative = DENSE_ACTIVATIONS[activation]
+        with torch.no_grad():
+            self.output = act(F.linear(self.input, linear.weight, linear.bias))
+
+    @classmethod
+    def maybe(cls, linear: nn.Linear, activation: str | None, state: Tensor) -> DenseLinearization | None:
+        """The closed form where it computes exactly what the module would: a known activation, the state in the
+        weights' dtype, no autocast (which would change the matmul dtype). ``None`` sends the block to autograd."""
+        if activation not in DENSE_ACTIVATIONS or state.dtype != linear.weight.dtype:
+            return None
+        if torch.is_autocast_enabled(state.device.type):
+            return None
+        return cls(linear, activation, state)
+
+    def _delta(self, e: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale · act'(z) ⊙ e``: the error at the pre-activation, in the block's dtype (errors stay float32 for
+        bf16 blocks; see :func:`mep_hf.equilibrium._state`). ``e`` itself is never written to."""
+        e = e.to(self.output.dtype)
+        if self._derivative is None:
+            return e if scale == 1 else e * scale
+        delta = self._derivative(e, self.output)
+        return delta if scale == 1 else delta.mul_(scale)
+
+    def vjp(self, e: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self._delta(e) @ self.linear.weight
+
+    def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
+        """``Δᵀ s`` for the weight (contiguous, in the weight's own layout) and ``Σ Δ`` for the bias."""
+        weight, bias = self.linear.weight, self.linear.bias
+        with torch.no_grad():
+            delta = self._delta(e, scale).reshape(-1, weight.shape[0])
+            pairs = []
+            if weight.requires_grad:
+                pairs.append((weight, delta.t() @ self.input.reshape(-1, weight.shape[1])))
+            if bias is not None and bias.requires_grad:
+                pairs.append((bias, delta.sum(0)))
+        return pairs
