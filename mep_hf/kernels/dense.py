@@ -7,6 +7,8 @@ what autograd would (input and output) and nothing more.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
@@ -23,11 +25,28 @@ DENSE_ACTIVATIONS: dict[str | None, tuple[Callable[[Tensor], Tensor], Callable[[
 }
 
 
+TRITON_MODES = ("auto", "0", "1")
+
+
+def triton_enabled(state: Tensor) -> bool:
+    """Whether the fused Triton kernels (:mod:`mep_hf.kernels.triton_dense`) compute this float32 state.
+
+    ``MEP_HF_TRITON``: ``auto`` (default) uses them for CUDA states when Triton is installed; ``0`` never (the torch
+    path); ``1`` always, which on the CPU needs Triton's interpreter (``TRITON_INTERPRET=1``, for tests).
+    """
+    mode = os.environ.get("MEP_HF_TRITON", "auto")
+    if mode not in TRITON_MODES:
+        raise ValueError(f"MEP_HF_TRITON={mode!r}; expected one of {TRITON_MODES}")
+    if mode == "0" or state.dtype != torch.float32:
+        return False
+    return mode == "1" or (state.is_cuda and importlib.util.find_spec("triton") is not None)
+
+
 class DenseLinearization:
-    """:class:`~mep_hf.equilibrium.BlockLinearization` of ``act(linear(s))`` at the state ``s``."""
+    """:class:`~mep_hf.equilibrium.BlockLinearization` of ``act(linear(s))`` at the state ``s`` (torch ops)."""
 
     def __init__(self, linear: nn.Linear, activation: str | None, state: Tensor):
-        self.linear, self.input = linear, state.detach()
+        self.linear, self.activation, self.input = linear, activation, state.detach()
         act, self._derivative = DENSE_ACTIVATIONS[activation]
         with torch.no_grad():
             self.output = act(F.linear(self.input, linear.weight, linear.bias))
@@ -40,6 +59,10 @@ class DenseLinearization:
             return None
         if torch.is_autocast_enabled(state.device.type):
             return None
+        if triton_enabled(state):
+            from .triton_dense import TritonDenseLinearization
+
+            return TritonDenseLinearization(linear, activation, state)
         return cls(linear, activation, state)
 
     def _delta(self, e: Tensor, scale: float = 1.0) -> Tensor:
