@@ -1,7 +1,8 @@
 """Step time of EP against backprop on the same model and batch, in one process, interleaved.
 
-    python benchmarks/step_time.py                       # MLP 784-512-512-10 and conv net, batch 128
+    python benchmarks/step_time.py                       # MLP 784-512-512-10, conv net, char transformer
     python benchmarks/step_time.py --models mlp --repeats 50
+    python benchmarks/step_time.py --use_cpu false       # on a CUDA GPU (fused Triton kernels for dense blocks)
 
 For each model: a plain ``Trainer`` (backprop) and an ``EPTrainer`` start from the same weights; each timed step
 is the Trainer's own ``training_step`` plus its optimizer step, alternating EP and backprop so that load on the
@@ -41,6 +42,7 @@ class BenchmarkArguments:
         default_factory=lambda: ["mlp", "convnet", "char_transformer"], metadata={"help": "Models to time."}
     )
     threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (default: torch's)."})
+    use_cpu: bool = field(default=True, metadata={"help": "False: run on the accelerator (CUDA) when there is one."})
     batch_size: int = 128
     repeats: int = field(default=30, metadata={"help": "Timed steps per method (median reported)."})
     warmup: int = 5
@@ -98,7 +100,7 @@ def make_trainers(bench: BenchmarkArguments, model: torch.nn.Module, data, out: 
         lr_scheduler_type="constant",
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=bench.use_cpu,
         seed=bench.seed,
         disable_tqdm=True,
         logging_steps=10**9,
@@ -126,12 +128,15 @@ def time_steps(trainers: dict, batch: dict, bench: BenchmarkArguments) -> dict[s
         trainer.create_optimizer_and_scheduler(num_training_steps=bench.budget_steps)
         trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); read by training_step
     times = {name: [] for name in trainers}
+    sync = torch.cuda.synchronize if not bench.use_cpu and torch.cuda.is_available() else lambda: None
     for i in range(bench.warmup + bench.repeats):
         for name, trainer in trainers.items():
+            sync()
             start = time.perf_counter()
             trainer.training_step(trainer.model, dict(batch))
             trainer.optimizer.step()
             trainer.optimizer.zero_grad()
+            sync()  # GPU work is asynchronous: the step ends when the device is done
             if i >= bench.warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -162,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({name: row}), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_time.json").write_text(json.dumps({"args": vars(bench), "results": results}, indent=2))
-    print(f"threads={torch.get_num_threads()} batch={bench.batch_size} budget={bench.budget_steps} steps")
+    device = "cpu" if bench.use_cpu or not torch.cuda.is_available() else torch.cuda.get_device_name()
+    print(f"device={device} threads={torch.get_num_threads()} batch={bench.batch_size} budget={bench.budget_steps} steps")
     print("| model | EP step (ms) | backprop step (ms) | ratio EP/backprop | EP test acc | backprop test acc |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():

@@ -11,11 +11,14 @@ With states ``s_1..s_L`` (one row per sample, batch size ``B``) and prediction e
 * Free phase (β = 0): the minimum of F is the feed-forward pass, where every error is zero.
 * Nudged phase (β ≠ 0): starting from the free state, settle towards a stationary point of F with the parameters
   held fixed. A phase is stored as its errors: the states follow front to back, ``s_l = f_l(s_{l−1}) + e_l``.
-  The only autograd use is the one-block vector-Jacobian product ``J_{f_{l+1}}(s_l)ᵀ e`` for the state gradient,
-  on a graph that lives for one step.
+  Settling needs only the one-block vector-Jacobian product ``J_{f_{l+1}}(s_l)ᵀ e``: each block is kept as a
+  :class:`BlockLinearization` at its state (autograd on a one-block graph that lives for one step, or a closed form
+  the block offers, see :mod:`mep_hf.kernels`).
 * Contrast: ``ΔL(θ) = [E(s^{+β}) − E(s^{−β})] / 2β`` (centered) or ``E(s^{β}) / β`` (positive; at the free
   state ``E`` and ``∂E/∂θ`` vanish). States are constants there, so ``∇θ ΔL`` is layer-local (θ_l sees only
   ``s_{l−1}`` and ``e_l``) and tends to ``∇θ L`` of the feed-forward pass as β → 0 (Scellier & Bengio 2017).
+  Each layer's parameter gradient is formed while its state is placed, and the layer is freed before the next:
+  an EP step needs about the memory of a backprop step.
 
 Two settling rules share the energy:
 
@@ -93,10 +96,10 @@ class Phase:
 class BlockLinearization(Protocol):
     """One block run at one input state, kept ready for the two products EP needs at that state.
 
-    ``output`` is ``f(s)``. ``vjp(e)`` is ``J_f(s)ᵀ e`` into the input state (settling). ``parameter_grads(g)``
-    is ``scale · J_θ f(s)ᵀ e`` as ``(parameter, gradient)`` pairs (the contrast); it is the linearization's last
-    use, and may reuse ``e``'s storage only if it made a copy of it.
-    Blocks get :class:`AutogradBlock` unless they offer an analytic one through ``ep_linearize(state)``
+    ``output`` is ``f(s)``. ``vjp(e)`` is ``J_f(s)ᵀ e`` into the input state (settling).
+    ``parameter_grads(e, scale)`` is ``scale · J_θ f(s)ᵀ e`` as ``(parameter, gradient)`` pairs (the contrast); it
+    is the linearization's last use and leaves ``e`` unchanged (the contrast then builds the state in its storage).
+    Blocks get :class:`AutogradBlock` unless they offer a closed form through ``ep_linearize(state)``
     (see :mod:`mep_hf.kernels`).
     """
 
