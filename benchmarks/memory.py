@@ -1,13 +1,19 @@
 """Peak memory of one EP training step and one backprop step against depth (MLPs of 8 to 1024 blocks).
 
     python benchmarks/memory.py                         # depths 8 64 256 1024, width 256, batch 128
-    python benchmarks/memory.py --depths 8 64 --width 128
+    python benchmarks/memory.py --depths 8 64 --width 128 --ep_nudging centered
 
-Each (method, depth) runs in a fresh subprocess (with glibc's allocator set to hand large blocks back to the
-system at once, see ``EXACT_MALLOC``): build the model and batch, run a warm-up step, read the resident set size,
-run one more (``training_step`` of ``Trainer`` / ``EPTrainer``: forward, backward, gradients allocated), read the peak
-resident set size; the difference is the step's peak memory. Writes ``memory.json``, a Markdown table and
-``memory.png`` to ``--output_dir``.
+Each (method, depth) runs in a fresh subprocess: build the model and batch, run a warm-up step (one-off allocations
+such as thread pools are not counted), then measure ``training_step`` of ``Trainer`` / ``EPTrainer`` (forward,
+backward, gradients allocated) two ways, above what model and batch already hold:
+
+* **tensors**: the peak of live tensor bytes, from torch's own allocation records (``torch.profiler`` with
+  ``profile_memory=True``, summed in time order). Exact, and blind to the allocator.
+* **RSS**: the peak resident set of the process (``VmHWM`` after resetting it through ``/proc/self/clear_refs``),
+  with glibc set to map every block of 64 KiB or more on its own (``EXACT_MALLOC``), smallest of ``--repeats``
+  steps. What the machine sees; small-object heap reuse makes it move by a few hundred KiB.
+
+Writes ``memory.json``, a Markdown table and ``memory.png`` (tensor peaks) to ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+METHODS = ("backprop", "ep")
+MEASURES = ("tensors", "rss")
+
 
 @dataclass
 class MemoryArguments:
@@ -31,13 +40,13 @@ class MemoryArguments:
     output_dir: str = "runs/memory"
     ep_nudging: str = "positive"
     ep_settle_steps: int = 1
-    repeats: int = field(default=5, metadata={"help": "Measured steps per process; the smallest peak is reported."})
+    repeats: int = field(default=5, metadata={"help": "Measured steps for the RSS peak; the smallest is reported."})
     measure: str | None = field(default=None, metadata={"help": "Internal: 'ep:DEPTH' or 'backprop:DEPTH'."})
 
 
 # glibc serves every allocation of 64 KiB or more with its own mmap and returns it on free (a fixed threshold also
-# turns off glibc's adaptive one, which otherwise keeps freed tensors in the heap): the resident set then tracks the
-# live tensors, and its peak is the step's peak tensor memory rather than an artefact of heap reuse.
+# turns off glibc's adaptive one, which otherwise keeps freed tensors in the heap), so the resident set follows
+# the live tensors.
 EXACT_MALLOC = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
 
 
@@ -46,15 +55,19 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def measure(args: MemoryArguments, method: str, depth: int) -> float:
-    """MiB of peak memory one training step adds on top of model and batch (run in a fresh process).
+def _tensor_peak(prof) -> int:
+    """Peak of live tensor bytes over a profiled region: each op's own allocations minus frees, in time order."""
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
 
-    One step runs first, so that one-off allocations (thread pools, kernel workspaces) are not counted. Before each
-    measured step the gradients are dropped and the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``);
-    the step's peak is read from ``VmHWM``. The smallest of ``repeats`` peaks is reported: heap growth from small
-    Python objects can only add to it.
-    """
+
+def measure(args: MemoryArguments, method: str, depth: int) -> dict[str, float]:
+    """MiB of peak memory one training step adds on top of model and batch (run in a fresh process)."""
     import torch
+    from torch.profiler import ProfilerActivity, profile
     from transformers import Trainer, TrainingArguments
 
     from mep_hf import EPMLPConfig, EPMLPForImageClassification, EPTrainer, EPTrainingArguments
@@ -69,16 +82,24 @@ def measure(args: MemoryArguments, method: str, depth: int) -> float:
     else:
         trainer = Trainer(model=model, args=TrainingArguments(**common))
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); read by training_step
-    trainer.training_step(trainer.model, dict(batch))  # warm-up
-    peaks = []
+
+    def step():
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.training_step(trainer.model, dict(batch))
+
+    step()  # warm-up
+    trainer.model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        trainer.training_step(trainer.model, dict(batch))
+    rss = []
     for _ in range(args.repeats):
         trainer.model.zero_grad(set_to_none=True)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak resident set size to the current one
         before = _status_kib("VmRSS")
         trainer.training_step(trainer.model, dict(batch))
-        peaks.append((_status_kib("VmHWM") - before) / 1024)
-    return min(peaks)
+        rss.append((_status_kib("VmHWM") - before) / 1024)
+    return {"tensors": _tensor_peak(prof) / 2**20, "rss": min(rss)}
 
 
 def plot(results: dict, path: Path, args: MemoryArguments) -> None:
@@ -89,8 +110,8 @@ def plot(results: dict, path: Path, args: MemoryArguments) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method, label in (("backprop", "backprop"), ("ep", f"EP ({args.ep_nudging}, {args.ep_settle_steps} sweep)")):
-        ax.plot(args.depths, [results[str(d)][method] for d in args.depths], marker="o", label=label)
-    ax.set(xscale="log", yscale="log", xlabel="depth (hidden blocks)", ylabel="peak step memory (MiB)")
+        ax.plot(args.depths, [results[str(d)][method]["tensors"] for d in args.depths], marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="depth (hidden blocks)", ylabel="peak step tensor memory (MiB)")
     ax.set_title(f"MLP width {args.width}, batch {args.batch_size}")
     ax.legend()
     fig.tight_layout()
@@ -102,23 +123,28 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(MemoryArguments).parse_args_into_dataclasses(args=argv)
     if args.measure:
         method, depth = args.measure.split(":")
-        print(json.dumps({"mib": measure(args, method, int(depth))}))
+        print(json.dumps(measure(args, method, int(depth))))
         return {}
     results = {}
     for depth in args.depths:
         row = {}
-        for method in ("backprop", "ep"):
+        for method in METHODS:
             cmd = [sys.executable, __file__, *argv, "--measure", f"{method}:{depth}"]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=EXACT_MALLOC).stdout
-            row[method] = json.loads(out.strip().splitlines()[-1])["mib"]
-        row["ratio"] = row["ep"] / row["backprop"]
+            row[method] = json.loads(out.strip().splitlines()[-1])
+        row["ratio"] = {m: row["ep"][m] / row["backprop"][m] for m in MEASURES}
         results[str(depth)] = row
         print(json.dumps({depth: row}), flush=True)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "memory.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    lines = ["| depth | backprop (MiB) | EP (MiB) | EP / backprop |", "|---|---|---|---|"]
-    lines += [f"| {d} | {r['backprop']:.1f} | {r['ep']:.1f} | {r['ratio']:.2f} |" for d, r in results.items()]
+    lines = [
+        "| depth | backprop tensors (MiB) | EP tensors (MiB) | EP / backprop | backprop RSS (MiB) | EP RSS (MiB) | EP / backprop |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d, r in results.items():
+        cells = [f"{r['backprop'][m]:.2f} | {r['ep'][m]:.2f} | {r['ratio'][m]:.2f}" for m in MEASURES]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     (out_dir / "memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

@@ -322,19 +322,7 @@ class Contrast:
         grads: dict[Tensor, Tensor] = {}
         scale = -self.grad_scale / stack.batch_size
         for l, block in enumerate(stack.blocks):
-            errors = [p.errors[l] for p in self.phases]
-            if l == 0 and self.first_block is not None:  # s_0 is clamped: f_1(s_0) is the same in every phase
-                predictions, self.first_block = [self.first_block] * len(errors), None
-                combined = errors[0] if len(errors) == 1 else errors[0].add(errors[1], alpha=weights[1] / weights[0])
-                _accumulate(grads, predictions[0].parameter_grads(combined, weights[0] * scale))
-            else:
-                predictions = [linearize_block(block, s, d, input_grad=False) for s, d in zip(states, dtypes)]
-                for prediction, e, w in zip(predictions, errors, weights):
-                    _accumulate(grads, prediction.parameter_grads(e, w * scale))
-            for p, (phase, prediction) in enumerate(zip(self.phases, predictions)):
-                states[p] = phase.errors[l].add_(prediction.output.detach())
-                dtypes[p], phase.errors[l] = prediction.output.dtype, None  # the state holds its storage now
-            del errors, predictions  # the layer is done: its predictions and input states go before the next
+            self._place_layer(l, block, states, dtypes, [w * scale for w in weights], grads)
         with torch.no_grad():
             losses = [float(stack.loss(s)) for s in states]
         for phase, phase_layers, loss in zip(self.phases, layers, losses):
@@ -346,6 +334,22 @@ class Contrast:
         dtype = torch.promote_types(stack.inputs.dtype, torch.float32)
         value = torch.tensor(value, dtype=dtype, device=stack.inputs.device)
         return _LayerGradients.apply(value, self.grad_scale, list(grads.values()), *grads)
+
+    def _place_layer(self, l: int, block, states: list, dtypes: list, weights: list[float], grads: dict) -> None:
+        """Layer ``l`` of every phase: add its parameter gradient (phase ``p`` weighted by ``weights[p]``) into
+        ``grads``, then place its state in its error's storage. All else of the layer dies with this call."""
+        errors = [p.errors[l] for p in self.phases]
+        if l == 0 and self.first_block is not None:  # s_0 is clamped: f_1(s_0) is the same in every phase
+            predictions, self.first_block = [self.first_block] * len(errors), None
+            combined = errors[0] if len(errors) == 1 else errors[0].add(errors[1], alpha=weights[1] / weights[0])
+            _accumulate(grads, predictions[0].parameter_grads(combined, weights[0]))
+        else:
+            predictions = [linearize_block(block, s, d, input_grad=False) for s, d in zip(states, dtypes)]
+            for prediction, e, w in zip(predictions, errors, weights):
+                _accumulate(grads, prediction.parameter_grads(e, w))
+        for p, (phase, prediction) in enumerate(zip(self.phases, predictions)):
+            states[p] = phase.errors[l].add_(prediction.output.detach())
+            dtypes[p], phase.errors[l] = prediction.output.dtype, None  # the state holds its storage now
 
 
 def _accumulate(grads: dict[Tensor, Tensor], pairs: list[tuple[Tensor, Tensor]]) -> None:
