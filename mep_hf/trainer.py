@@ -67,7 +67,7 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             contrast_fn = Contrast(
                 phases, args.ep_divergence_threshold, first_block=free.blocks[0], grad_scale=self._loss_scale()
             )
-            del free  # drop the other free-pass graphs before the contrast builds its own
+            del free  # the contrast keeps only block 1's linearization, and frees it after layer 1
             # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.
             contrast = model(**inputs, ep_contrast=contrast_fn)
         # Set by the Trainer's loop (the last accumulation window may be shorter); absent outside `train()`.
