@@ -278,7 +278,7 @@ def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: 
     """The nudged phases a contrast needs: ``+β`` alone, or ``+β`` and ``−β`` (centered), from one free pass.
 
     With sweep settling, the first sweep from the free state is linear in β: it runs once, consuming the free
-    pass's graphs, and the ``−β`` phase starts from its negation.
+    pass's block linearizations (all but block 1's), and the ``−β`` phase starts from its negation.
     """
     if nudging not in NUDGING_MODES:
         raise ValueError(f"unknown nudging mode {nudging!r}; expected one of {NUDGING_MODES}")
