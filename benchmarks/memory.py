@@ -8,7 +8,7 @@ such as thread pools are not counted), then measure ``training_step`` of ``Train
 backward, gradients allocated) two ways, above what model and batch already hold:
 
 * **tensors**: the peak of live tensor bytes, from torch's own allocation records (``torch.profiler`` with
-  ``profile_memory=True``, summed in time order). Exact, and blind to the allocator.
+  ``profile_memory=True``, summed op by op in time order). Counts tensor bytes, not the allocator's pages.
 * **RSS**: the peak resident set of the process (``VmHWM`` after resetting it through ``/proc/self/clear_refs``),
   with glibc set to map every block of 64 KiB or more on its own (``EXACT_MALLOC``), smallest of ``--repeats``
   steps. What the machine sees; small-object heap reuse makes it move by a few hundred KiB.
