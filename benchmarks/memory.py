@@ -83,11 +83,7 @@ def measure(args: MemoryArguments, method: str, depth: int) -> dict[str, float]:
         trainer = Trainer(model=model, args=TrainingArguments(**common))
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); read by training_step
 
-    def step():
-        trainer.model.zero_grad(set_to_none=True)
-        trainer.training_step(trainer.model, dict(batch))
-
-    step()  # warm-up
+    trainer.training_step(trainer.model, dict(batch))  # warm-up
     trainer.model.zero_grad(set_to_none=True)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainer.training_step(trainer.model, dict(batch))

@@ -75,7 +75,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     (args,) = HfArgumentParser(CheckArguments).parse_args_into_dataclasses(args=argv)
     torch.manual_seed(args.seed)
     result = block_products(args)
-    fused, plain = ep_gradient(args, triton=True), ep_gradient(args, triton=False)
+    mode = os.environ.get("MEP_HF_TRITON")
+    try:
+        fused, plain = ep_gradient(args, triton=True), ep_gradient(args, triton=False)
+    finally:  # leave the caller's kernel choice as it was
+        if mode is None:
+            del os.environ["MEP_HF_TRITON"]
+        else:
+            os.environ["MEP_HF_TRITON"] = mode
     result["ep_gradient"] = max(_max_diff(a, b) for a, b in zip(fused, plain))
     result["ep_gradient_scale"] = max(float(b.abs().max()) for b in plain)
     result["max_abs_diff"] = max(v for k, v in result.items() if k != "ep_gradient_scale")

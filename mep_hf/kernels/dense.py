@@ -47,9 +47,13 @@ class DenseLinearization:
 
     def __init__(self, linear: nn.Linear, activation: str | None, state: Tensor):
         self.linear, self.activation, self.input = linear, activation, state.detach()
-        act, self._derivative = DENSE_ACTIVATIONS[activation]
         with torch.no_grad():
-            self.output = act(F.linear(self.input, linear.weight, linear.bias))
+            self.output = self._forward()
+
+    def _forward(self) -> Tensor:
+        """``act(W s + b)`` at the input state."""
+        act, _ = DENSE_ACTIVATIONS[self.activation]
+        return act(F.linear(self.input, self.linear.weight, self.linear.bias))
 
     @classmethod
     def maybe(cls, linear: nn.Linear, activation: str | None, state: Tensor) -> DenseLinearization | None:
@@ -69,9 +73,10 @@ class DenseLinearization:
         """``scale · act'(z) ⊙ e``: the error at the pre-activation, in the block's dtype (errors stay float32 for
         bf16 blocks; see :func:`mep_hf.equilibrium._state`). ``e`` itself is never written to."""
         e = e.to(self.output.dtype)
-        if self._derivative is None:
+        _, derivative = DENSE_ACTIVATIONS[self.activation]
+        if derivative is None:
             return e if scale == 1 else e * scale
-        delta = self._derivative(e, self.output)
+        delta = derivative(e, self.output)
         return delta if scale == 1 else delta.mul_(scale)
 
     def vjp(self, e: Tensor) -> Tensor:

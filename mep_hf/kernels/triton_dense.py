@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch import Tensor, nn
+from torch import Tensor
 
 from .dense import DenseLinearization
 
@@ -122,13 +122,11 @@ def fused_matmul(
 class TritonDenseLinearization(DenseLinearization):
     """:class:`~mep_hf.kernels.dense.DenseLinearization` whose three products are each one fused kernel."""
 
-    def __init__(self, linear: nn.Linear, activation: str | None, state: Tensor):
-        self.linear, self.activation, self.input = linear, activation, state.detach()
-        weight = linear.weight.detach()
-        bias = None if linear.bias is None else linear.bias.detach()
+    def _forward(self) -> Tensor:
+        weight, bias = self.linear.weight.detach(), self.linear.bias
         rows = self.input.reshape(-1, weight.shape[1])
-        out = fused_matmul(rows, weight.t(), bias=bias, activation=activation)
-        self.output = out.reshape(*self.input.shape[:-1], weight.shape[0])
+        out = fused_matmul(rows, weight.t(), bias=None if bias is None else bias.detach(), activation=self.activation)
+        return out.reshape(*self.input.shape[:-1], weight.shape[0])
 
     def _rows(self, t: Tensor) -> Tensor:
         return t.to(self.output.dtype).reshape(-1, self.linear.out_features)
