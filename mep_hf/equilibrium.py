@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -51,17 +51,30 @@ class SettlingDivergedError(RuntimeError):
 class BlockStack:
     """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
 
-    ``loss`` must be the batch *mean* of per-sample losses, so that ``B·∂L/∂s_L`` is the per-sample gradient.
+    ``loss`` is the scalar EP nudges with, any function of the output state (a batch mean, a sum over tokens
+    divided by the accumulation window's token count, ...); EP's gradient tends to ``∇θ loss``. The engine scales
+    it by the batch size ``B`` only to keep each sample's error O(β).
+
+    ``output`` (models set it; the bare engine does not need it) is the tail of the model's ``forward`` at an
+    output state: ``output(s_L, labels=None, **loss_kwargs)`` gives the model output (``logits``, and ``loss`` when
+    ``labels`` are given, computed as ``forward`` computes it, e.g. with ``num_items_in_batch``). ``EPTrainer``
+    evaluates ``Trainer.compute_loss`` on it, so EP nudges with exactly the loss Trainer would backpropagate.
     Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
     """
 
     inputs: Tensor
     blocks: Sequence[Callable[[Tensor], Tensor]]
     loss: Callable[[Tensor], Tensor]
+    output: Callable[..., Any] | None = None
 
     def __post_init__(self):
         if len(self.blocks) == 0:
             raise ValueError("an EP block stack needs at least one block; the model exposed none")
+
+    @classmethod
+    def with_output(cls, inputs: Tensor, blocks: Sequence, output: Callable[..., Any], labels: Tensor) -> BlockStack:
+        """A stack whose loss is the one the model's ``output`` reports for ``labels``."""
+        return cls(inputs, blocks, loss=lambda s: output(s, labels=labels)["loss"], output=output)
 
     @property
     def batch_size(self) -> int:
@@ -300,12 +313,15 @@ class Contrast:
     pass's linearization of block 1 when the caller kept it (``s_0`` is clamped, so it serves every phase).
     ``grad_scale`` is the loss scale the caller's backward will apply (fp16 ``GradScaler``): the layer gradients
     are taken at that scale so that half-precision blocks do not underflow, and the backward divides it out again.
+    ``loss``: the loss the phases were settled with, when it is not the stack's own (``EPTrainer`` nudges with
+    Trainer's loss); the final energies use it.
     """
 
     phases: list[Phase]
     divergence_threshold: float = SettleConfig.divergence_threshold
     first_block: BlockLinearization | None = None
     grad_scale: float = 1.0
+    loss: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, stack: BlockStack) -> Tensor:
         """Place the states front to back and take each layer's parameter gradient as soon as its prediction
@@ -324,7 +340,7 @@ class Contrast:
         for l, block in enumerate(stack.blocks):
             self._place_layer(l, block, states, dtypes, [w * scale for w in weights], grads)
         with torch.no_grad():
-            losses = [float(stack.loss(s)) for s in states]
+            losses = [float((self.loss or stack.loss)(s)) for s in states]
         for phase, phase_layers, loss in zip(self.phases, layers, losses):
             phase.energy = sum(phase_layers) + phase.beta * loss
             check_energy(

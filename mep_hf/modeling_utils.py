@@ -40,22 +40,6 @@ def classification_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
     raise ValueError(f"unknown loss {kind!r}; expected one of {TASK_LOSSES}")
 
 
-IGNORE_INDEX = -100
-
-
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of next-token prediction: logits at position t predict ``labels[t + 1]``; -100 is ignored.
-
-    Half-precision logits are upcast; float32/float64 keep their precision (the gradient tests run in float64).
-    """
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels have shape {tuple(labels.shape)} but the logits need {tuple(logits.shape[:-1])}")
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
-
-
 def require_labels(labels: Tensor | None) -> Tensor:
     """EP nudges the output towards the labels, so a training batch without them is an error."""
     if labels is None:
@@ -170,13 +154,18 @@ class ImageBlockChainMixin:
     ``config.loss``; the output block's state holds the logits.
     """
 
+    # The loss is a per-batch mean that ignores ``num_items_in_batch``: the Trainer then divides it by the
+    # gradient-accumulation steps itself, for backprop and EP alike.
+    accepts_loss_kwargs = False
+
     def ep_stack(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **_) -> BlockStack:
-        labels = require_labels(labels)
-        return BlockStack(
-            inputs=self._pixels(pixel_values),
-            blocks=list(self.blocks),
-            loss=lambda logits: classification_loss(self.config.loss, logits, labels),
-        )
+        return BlockStack.with_output(self._pixels(pixel_values), list(self.blocks), self.ep_output,
+                                      require_labels(labels))
+
+    def ep_output(self, logits: Tensor, labels: Tensor | None = None, **_) -> ImageClassifierOutput:
+        """The model output at the output state (``forward``'s tail; EP's loss comes from here)."""
+        loss = None if labels is None else classification_loss(self.config.loss, logits, labels)
+        return ImageClassifierOutput(loss=loss, logits=logits)
 
     def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, ep_contrast=None, **kwargs):
         """The free phase (an ordinary forward pass), or, given ``ep_contrast``, the EP contrast of this batch."""
@@ -185,5 +174,4 @@ class ImageBlockChainMixin:
         s = self._pixels(pixel_values)
         for block in self.blocks:
             s = block(s)
-        loss = None if labels is None else classification_loss(self.config.loss, s, labels)
-        return ImageClassifierOutput(loss=loss, logits=s)
+        return self.ep_output(s, labels)

@@ -1,22 +1,61 @@
 """``EPTrainer``: the Hugging Face ``Trainer`` with Equilibrium Propagation in place of backprop.
 
-Only ``training_step`` changes: free phase, nudged phase(s), then ``accelerator.backward`` on the EP contrast, an
-ordinary scalar. The optimizer, scheduler, clipping, accumulation, AMP, logging, callbacks and checkpointing are
-the Trainer's own.
+Trainer's own ``training_step`` runs unchanged; only what it calls ``compute_loss`` changes during training. There,
+EP settles the model's blocks with the nudging loss set to what ``Trainer.compute_loss`` would return for the
+batch (the model's ``loss_function`` with ``num_items_in_batch``, the label smoother, a user's
+``compute_loss_func``, token averaging across devices), evaluated at the output state. It returns a scalar whose
+value is that loss at the free state (the loss Trainer logs) and whose gradient is EP's. Trainer then scales it for
+gradient accumulation, backpropagates it (fp16 loss scale included), clips, steps and logs as it always does.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
 from .checkpointing import AtomicCheckpointMixin
 from .equilibrium import BlockStack, Contrast, free_phase, nudged_phases
 from .training_args import EPTrainingArguments
+
+# Trainer features EP cannot honour, with the reason; refused at ``EPTrainer.__init__``.
+UNSUPPORTED_FEATURES = {
+    "use_liger_kernel": "Liger fuses the LM head and the loss into one kernel, so there is no output state to nudge",
+    "gradient_checkpointing": "EP keeps no backprop graph of the forward pass, so there is nothing to checkpoint",
+}
+UNSUPPORTED_OPTIMIZERS = {
+    "lomo": "LOMO fuses the optimizer step into backprop's backward pass",
+    "adalomo": "AdaLOMO fuses the optimizer step into backprop's backward pass",
+}
+
+
+class _OutputAt(nn.Module):
+    """The model seen by ``Trainer.compute_loss`` while EP evaluates its loss at an output state.
+
+    Called like the model, it returns the model's output at ``state`` (``BlockStack.output``); arguments the
+    model's ``forward`` does not name (``num_items_in_batch``, ...) go to the output's loss, as ``forward`` routes
+    them. Trainer picks the causal-LM label shift by the model's class name, so the name is the model's.
+    """
+
+    def __init__(self, model: nn.Module, stack: BlockStack):
+        super().__init__()
+        self._name = unwrap_peft_model(model)._get_name()
+        self._named_inputs = set(inspect.signature(model.forward).parameters) - {"labels"}
+        self._output = stack.output
+        self.state: torch.Tensor | None = None
+
+    def _get_name(self) -> str:
+        return self._name
+
+    def forward(self, labels=None, **kwargs):
+        loss_kwargs = {k: v for k, v in kwargs.items() if k not in self._named_inputs}
+        return self._output(self.state, labels=labels, **loss_kwargs)
 
 
 class EPTrainer(AtomicCheckpointMixin, Trainer):
@@ -31,6 +70,7 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             args = EPTrainingArguments(output_dir="tmp_trainer")
         if not isinstance(args, EPTrainingArguments):
             raise TypeError(f"EPTrainer needs EPTrainingArguments, got {type(args).__name__}")
+        _refuse_unsupported_features(args)
         if model is not None:
             model = prepare_ep_model(model)
         super().__init__(model=model, args=args, **kwargs)
@@ -38,6 +78,9 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
         self._unwrap_cache: tuple[nn.Module | None, nn.Module | None] = (None, None)
+        self._in_training_step = False
+        # Trainer's loop sets this per accumulation window; the default lets training_step run on its own too.
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, or a MEP preset when ``args.mep_optimizer`` names one."""
@@ -55,27 +98,69 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
         return super().create_optimizer(model)
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
-        # Every phase must see the same deterministic energy, so dropout-like train-mode behaviour stays off.
-        model.eval()
-        inputs = self._prepare_inputs(inputs)
-        args = self.args
-        with self.compute_loss_context_manager():
-            stack: BlockStack = self._unwrapped(model).ep_stack(**inputs)
+        """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`)."""
+        with self._ep_step():
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    @contextmanager
+    def _ep_step(self):
+        self._in_training_step = True
+        try:
+            yield
+        finally:
+            self._in_training_step = False
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """Inside a training step: the loss Trainer would compute, with EP's gradient. Elsewhere (evaluation,
+        prediction): Trainer's own ``compute_loss``.
+
+        The returned scalar is ``L(s_free) + C − C.detach()``: Trainer's loss at the feed-forward state for logging,
+        and the EP contrast ``C`` for the gradient. ``C`` runs through the (possibly DDP-wrapped) model's forward so
+        that gradient all-reduce hooks fire.
+        """
+        if not self._in_training_step:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        args, unwrapped = self.args, self._unwrapped(model)
+        was_training = unwrapped.training
+        # Every phase must evaluate the same deterministic energy, so dropout-like train-mode behaviour stays off.
+        unwrapped.eval()
+        try:
+            stack: BlockStack = unwrapped.ep_stack(**inputs)
+            trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
+            stack.loss = trainer_loss
             free = free_phase(stack)
-            loss = free.loss
             phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
             contrast_fn = Contrast(
-                phases, args.ep_divergence_threshold, first_block=free.blocks[0], grad_scale=self._loss_scale()
+                phases,
+                args.ep_divergence_threshold,
+                first_block=free.blocks[0],
+                grad_scale=self._loss_scale(),
+                loss=trainer_loss,
             )
+            free_loss = free.loss
             del free  # the contrast keeps only block 1's linearization, and frees it after layer 1
-            # Through the (possibly DDP-wrapped) model's forward, so gradient all-reduce hooks fire.
             contrast = model(**inputs, ep_contrast=contrast_fn)
-        # Set by the Trainer's loop (the last accumulation window may be shorter); absent outside `train()`.
-        steps = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
-        self.accelerator.backward(contrast / steps)
+        finally:
+            unwrapped.train(was_training)
         self._ep_metrics["ep_energy"].append(sum(p.energy for p in phases) / len(phases))
         self._ep_metrics["ep_settle_steps"].append(sum(p.steps for p in phases) / len(phases))
-        return torch.tensor(loss / steps, device=args.device)
+        loss = contrast - contrast.detach() + free_loss
+        return (loss, None) if return_outputs else loss
+
+    def _trainer_loss(self, model: nn.Module, stack: BlockStack, inputs: dict, num_items_in_batch):
+        """``s_L ↦ Trainer.compute_loss`` of the model whose output state is ``s_L``: the loss EP nudges with."""
+        if stack.output is None:
+            raise TypeError(
+                f"{type(model).__name__}.ep_stack must set BlockStack.output (the model output at the output state) "
+                "so that EPTrainer can nudge with the loss Trainer computes"
+            )
+        parent, at_state = super().compute_loss, _OutputAt(model, stack)
+
+        def loss(state: torch.Tensor) -> torch.Tensor:
+            at_state.state = state
+            return parent(at_state, dict(inputs), num_items_in_batch=num_items_in_batch)
+
+        return loss
 
     def _unwrapped(self, model: nn.Module) -> nn.Module:
         """``accelerator.unwrap_model``, remembered per wrapper: it probes installed packages on every call."""
@@ -94,3 +179,13 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             logs.update({k: sum(v) / len(v) for k, v in self._ep_metrics.items()})
             self._ep_metrics.clear()
         super().log(logs, start_time)
+
+
+def _refuse_unsupported_features(args: EPTrainingArguments) -> None:
+    """Trainer features EP cannot honour end here, before any data work, with the reason."""
+    for flag, why in UNSUPPORTED_FEATURES.items():
+        if getattr(args, flag, False):
+            raise ValueError(f"EPTrainer cannot honour {flag}=True: {why}. Set {flag}=False.")
+    optim = str(getattr(args.optim, "value", args.optim))
+    if optim in UNSUPPORTED_OPTIMIZERS:
+        raise ValueError(f"EPTrainer cannot use optim={optim!r}: {UNSUPPORTED_OPTIMIZERS[optim]}. Pick another optim.")

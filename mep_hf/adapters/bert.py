@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from ..equilibrium import BlockStack
-from ..modeling_utils import classification_loss
 from .base import attach_ep, token_inputs, unsupported
 
 
 def _bert_ep_stack(self, *args, **kwargs) -> BlockStack:
     from transformers.masking_utils import create_bidirectional_mask
+    from transformers.modeling_outputs import SequenceClassifierOutput
 
     kw, input_ids, labels = token_inputs(self, args, kwargs)
     attention_mask, token_type_ids, position_ids = kw.get("attention_mask"), kw.get("token_type_ids"), kw.get("position_ids")
@@ -52,11 +52,12 @@ def _bert_ep_stack(self, *args, **kwargs) -> BlockStack:
     def head(s: Tensor) -> Tensor:
         return self.classifier(self.dropout(bert.pooler(s)))
 
-    return BlockStack(
-        inputs=input_ids,
-        blocks=[embed, *(layer(m) for m in bert.encoder.layer), head],
-        loss=lambda logits: classification_loss("cross_entropy", logits, labels),
-    )
+    def output(logits: Tensor, labels: Tensor | None = None, **_) -> SequenceClassifierOutput:
+        """As ``BertForSequenceClassification.forward``: a batch-mean loss that ignores ``num_items_in_batch``."""
+        loss = None if labels is None else self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    return BlockStack.with_output(input_ids, [embed, *(layer(m) for m in bert.encoder.layer), head], output, labels)
 
 
 def adapt_bert(model: nn.Module) -> nn.Module:

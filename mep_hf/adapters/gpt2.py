@@ -27,15 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ..equilibrium import BlockStack
-from ..modeling_utils import causal_lm_loss
 from .base import attach_ep, token_inputs, unsupported
 
-def _gpt2_ep_stack(
-    self,
-    *args,
-    **kwargs,
-) -> BlockStack:
+def _gpt2_ep_stack(self, *args, **kwargs) -> BlockStack:
     from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
     kw, input_ids, labels = token_inputs(self, args, kwargs)
     attention_mask, position_ids, token_type_ids = kw.get("attention_mask"), kw.get("position_ids"), kw.get("token_type_ids")
@@ -72,11 +68,13 @@ def _gpt2_ep_stack(
     def head(s: Tensor) -> Tensor:
         return self.lm_head(tf.ln_f(s))
 
-    return BlockStack(
-        inputs=input_ids,
-        blocks=[embed, *(layer(b) for b in tf.h), head],
-        loss=lambda logits: causal_lm_loss(logits, labels),
-    )
+    def output(logits: Tensor, labels: Tensor | None = None, **loss_kwargs) -> CausalLMOutputWithCrossAttentions:
+        if labels is None:
+            return CausalLMOutputWithCrossAttentions(logits=logits)
+        loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits)
+
+    return BlockStack.with_output(input_ids, [embed, *(layer(b) for b in tf.h), head], output, labels)
 
 
 def adapt_gpt2(model: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutput
 
 from ...equilibrium import BlockStack, Contrast
-from ...modeling_utils import EPPreTrainedModel, causal_lm_loss, require_labels
+from ...modeling_utils import EPPreTrainedModel, require_labels
 from .configuration_ep_char_transformer import EPCharTransformerConfig
 
 
@@ -133,10 +133,6 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
     the O(β) signal. Regularise by other means (weight decay, data) when training by EP.
     """
 
-    # ``forward`` returns a per-batch token mean and ignores ``num_items_in_batch``: tell the Trainer so, and it
-    # scales the loss for gradient accumulation itself (as EPTrainer does for the contrast).
-    accepts_loss_kwargs = False
-
     def __init__(self, config: EPCharTransformerConfig):
         super().__init__(config)
         self.embed = EPCharEmbedding(config)
@@ -178,10 +174,17 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
         **_,
     ) -> BlockStack:
         input_ids, labels = self._check_ids(input_ids), require_labels(labels)
-        return BlockStack(
-            inputs=input_ids,
-            blocks=self.blocks_for(input_ids, attention_mask),
-            loss=lambda logits: causal_lm_loss(logits, labels),
+        return BlockStack.with_output(input_ids, self.blocks_for(input_ids, attention_mask), self.ep_output, labels)
+
+    def ep_output(self, logits: Tensor, labels: Tensor | None = None, **loss_kwargs) -> CausalLMOutput:
+        """``forward``'s tail at the output state: transformers' causal-LM loss (next-token cross-entropy, -100
+        ignored, summed over tokens and divided by ``num_items_in_batch`` when the Trainer passes it)."""
+        if labels is None:
+            return CausalLMOutput(logits=logits)
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(f"labels have shape {tuple(labels.shape)} but the logits need {tuple(logits.shape[:-1])}")
+        return CausalLMOutput(
+            loss=self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs), logits=logits
         )
 
     def forward(
@@ -197,8 +200,7 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
         s = self._check_ids(input_ids)
         for block in self.blocks_for(input_ids, attention_mask):
             s = block(s)
-        loss = None if labels is None else causal_lm_loss(s, labels)
-        return CausalLMOutput(loss=loss, logits=s)
+        return self.ep_output(s, labels, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs):
         """No key/value cache: every step re-reads the last ``max_position_embeddings`` tokens."""
