@@ -10,6 +10,7 @@ gradient accumulation, backpropagates it (fp16 loss scale included), clips, step
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import defaultdict
 from contextlib import contextmanager
@@ -35,6 +36,12 @@ UNSUPPORTED_OPTIMIZERS = {
 }
 
 
+@functools.cache
+def _named_parameters(forward) -> frozenset[str]:
+    """The arguments a ``forward`` names (all but ``labels``); what else it gets goes to its loss."""
+    return frozenset(inspect.signature(forward).parameters) - {"self", "labels"}
+
+
 class _OutputAt(nn.Module):
     """The model seen by ``Trainer.compute_loss`` while EP evaluates its loss at an output state.
 
@@ -46,7 +53,7 @@ class _OutputAt(nn.Module):
     def __init__(self, model: nn.Module, stack: BlockStack):
         super().__init__()
         self._name = unwrap_peft_model(model)._get_name()
-        self._named_inputs = set(inspect.signature(model.forward).parameters) - {"labels"}
+        self._named_inputs = _named_parameters(type(model).forward)
         self._output = stack.output
         self.state: torch.Tensor | None = None
 
