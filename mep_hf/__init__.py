@@ -1,6 +1,8 @@
 """mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer."""
 
+from .checkpointing import CheckpointIntegrityError
 from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
+from .guard import TrainingDivergedError
 from .models import EPConvNetConfig, EPConvNetForImageClassification, EPMLPConfig, EPMLPForImageClassification
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
@@ -9,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockStack",
+    "CheckpointIntegrityError",
     "Contrast",
     "EPConvNetConfig",
     "EPConvNetForImageClassification",
@@ -18,6 +21,7 @@ __all__ = [
     "EPTrainingArguments",
     "SettleConfig",
     "SettlingDivergedError",
+    "TrainingDivergedError",
     "free_phase",
     "nudged_phases",
     "settle",

@@ -13,17 +13,190 @@ folder), fsyncs it, and only then ``os.replace`` s it to ``output_dir/checkpoint
 The staging name matches neither ``get_last_checkpoint``'s ``^checkpoint-(\\d+)$`` nor ``rotate_checkpoints``'
 ``checkpoint-*`` glob, so an interrupted save is invisible to resume and rotation; it is cleared on the next save
 of the same step and by :func:`remove_stale_staging`.
+
+Every checkpoint ends with ``ep_manifest.json`` (each file's size and SHA-256, the step, the training loss at the
+save), written last and atomically inside the staging folder. Resume verifies it before anything is loaded and
+refuses, naming the file, a checkpoint with a file missing, truncated or changed, without optimizer state (unless
+``ep_resume_without_optimizer_state``), or whose weights or model type do not fit the model. Rotation keeps the
+``save_total_limit`` newest checkpoints, the best one, and the one saved at the lowest training loss: a run that
+drifts upwards never deletes its last healthy state.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from safetensors import SafetensorError, safe_open
+from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 STAGING_PREFIX = ".tmp-"
 TRAINER_STATE_NAME = "trainer_state.json"
+MANIFEST_NAME = "ep_manifest.json"
+OPTIMIZER_STATE_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+class CheckpointIntegrityError(ValueError):
+    """A checkpoint cannot be resumed from as it is: a file is missing, damaged or does not fit the model."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str, **metadata) -> None:
+    """Record every file of ``folder`` (size, SHA-256) and ``metadata`` in its manifest, atomically, last."""
+    files = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel != MANIFEST_NAME:
+                files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+    write_manifest_data(folder, {"format": 1, **metadata, "files": files})
+
+
+def write_manifest_data(folder: str, manifest: dict) -> None:
+    tmp = os.path.join(folder, MANIFEST_NAME + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, MANIFEST_NAME))
+
+
+def read_manifest(folder: str) -> dict:
+    path = os.path.join(folder, MANIFEST_NAME)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        manifest["files"].items()
+    except FileNotFoundError:
+        raise CheckpointIntegrityError(
+            f"checkpoint {folder} has no {MANIFEST_NAME}, so its files cannot be verified: it was not written by "
+            "EPTrainer (or by an older mep_hf). Resume from a checkpoint EPTrainer wrote, or load its weights with "
+            "from_pretrained and start a new run."
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointIntegrityError(f"{path} is damaged ({err})") from None
+    return manifest
+
+
+def mark_diverged(folder: str, reason: str) -> None:
+    """Record in the manifest that training diverged on this checkpoint's parameters (resume then refuses it)."""
+    manifest = read_manifest(folder)
+    write_manifest_data(folder, {**manifest, "diverged": reason})
+
+
+def verify_checkpoint(folder: str, without_optimizer_state: bool = False) -> dict:
+    """Check every file against the manifest; return the manifest. Raises :class:`CheckpointIntegrityError`
+    naming the first file that is missing, truncated or changed. ``without_optimizer_state``: the optimizer and
+    scheduler files may be missing (they are then not loaded and the optimizer starts afresh)."""
+    manifest = read_manifest(folder)
+    if manifest.get("diverged"):
+        raise CheckpointIntegrityError(
+            f"checkpoint {folder} holds the parameters on which training diverged ({manifest['diverged']}); "
+            "resume from an earlier checkpoint"
+        )
+    optional = set(OPTIMIZER_STATE_FILES) if without_optimizer_state else set()
+    for name in OPTIMIZER_STATE_FILES:
+        if name not in manifest["files"] and name not in optional:
+            raise CheckpointIntegrityError(
+                f"checkpoint {folder} holds no {name}: resuming would silently restart the optimizer. "
+                "Pass ep_resume_without_optimizer_state=True to resume with a fresh optimizer state."
+            )
+    for rel, entry in manifest["files"].items():
+        path = os.path.join(folder, rel)
+        if not os.path.isfile(path):
+            if rel in optional:
+                continue
+            hint = " (or pass ep_resume_without_optimizer_state=True)" if rel in OPTIMIZER_STATE_FILES else ""
+            raise CheckpointIntegrityError(f"checkpoint {folder} is incomplete: {rel} is missing{hint}")
+        size = os.path.getsize(path)
+        if size != entry["size"]:
+            raise CheckpointIntegrityError(
+                f"checkpoint {folder} is damaged: {rel} has {size} bytes, {entry['size']} were saved (truncated?)"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise CheckpointIntegrityError(f"checkpoint {folder} is damaged: {rel} changed since it was saved "
+                                           "(its SHA-256 differs from the manifest's)")
+    return manifest
+
+
+def check_weights_fit(model: nn.Module, folder: str) -> None:
+    """Refuse a checkpoint whose ``config.json`` names another model type, or whose ``model.safetensors`` has other
+    keys or shapes than ``model`` (a tied weight saved once counts as present)."""
+    config_path = os.path.join(folder, "config.json")
+    expected_type = getattr(getattr(model, "config", None), "model_type", None)
+    if os.path.isfile(config_path) and expected_type is not None:
+        with open(config_path) as f:
+            saved_type = json.load(f).get("model_type")
+        if saved_type != expected_type:
+            raise CheckpointIntegrityError(
+                f"checkpoint {folder} holds a {saved_type!r} model, but the model being trained is {expected_type!r}"
+            )
+    weights = os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(weights):
+        return
+    try:
+        with safe_open(weights, framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as err:
+        raise CheckpointIntegrityError(f"{weights} is not a readable safetensors file: {err}") from None
+    state = model.state_dict()
+    present = {t.data_ptr() for k, t in state.items() if k in saved}
+    missing = [k for k, t in state.items() if k not in saved and t.data_ptr() not in present]
+    unexpected = sorted(set(saved) - set(state))
+    wrong = [f"{k} {saved[k]} vs {tuple(t.shape)}" for k, t in state.items() if k in saved and saved[k] != tuple(t.shape)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"shapes differ: {wrong[:5]}" if wrong else ""]
+        raise CheckpointIntegrityError(
+            f"the weights in {weights} do not fit {type(model).__name__}: " + "; ".join(p for p in parts if p)
+        )
+
+
+def _step(path: str) -> int:
+    match = re.search(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)$", path)
+    return int(match.group(1)) if match else -1
+
+
+def healthiest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint saved at the lowest training loss (from the manifests); ``None`` if none recorded one."""
+    best, best_loss = None, float("inf")
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if not (os.path.isdir(path) and re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name)):
+            continue
+        try:
+            loss = read_manifest(path).get("train_loss")
+        except CheckpointIntegrityError:
+            continue
+        if loss is not None and loss < best_loss:
+            best, best_loss = path, loss
+    return best
+
+
+def rotate_checkpoints(run_dir: str, save_total_limit: int | None, keep: list[str | None]) -> None:
+    """Delete all but the ``save_total_limit`` newest checkpoints and those in ``keep``."""
+    if not save_total_limit:
+        return
+    checkpoints = sorted(
+        (os.path.join(run_dir, n) for n in os.listdir(run_dir) if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", n)),
+        key=_step,
+    )
+    kept = {os.path.abspath(p) for p in checkpoints[-save_total_limit:]} | {os.path.abspath(k) for k in keep if k}
+    for path in checkpoints:
+        if os.path.abspath(path) not in kept:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync_tree(path: str) -> None:
@@ -76,13 +249,30 @@ def remove_stale_staging(run_dir: str) -> None:
 
 
 class AtomicCheckpointMixin:
-    """Mix into a ``Trainer`` subclass (before ``Trainer``) to make ``_save_checkpoint`` atomic.
+    """Mix into a ``Trainer`` subclass (before ``Trainer``) to make ``_save_checkpoint`` atomic and verified.
 
     Everything the stock method does still happens (model, optimizer, scheduler, scaler, RNG states, trainer
-    state, best-checkpoint bookkeeping, Hub push, rotation), in a staging folder; then the folder is renamed into
-    place by the process(es) that save (``args.should_save``), between two barriers so that every rank's files
-    (``rng_state_{rank}.pth``) are in before the rename and nobody reads the checkpoint before it.
+    state, best-checkpoint bookkeeping, Hub push), in a staging folder; the manifest is written last; then the
+    folder is renamed into place by the process(es) that save (``args.should_save``), between two barriers so that
+    every rank's files (``rng_state_{rank}.pth``) are in before the manifest and nobody reads the checkpoint before
+    the rename. Resume (``_load_from_checkpoint``) verifies the manifest and the weights' fit first. When training
+    diverges on checkpointed parameters, that checkpoint's manifest says so and resume refuses it.
     """
+
+    def _checkpoint_train_loss(self) -> float | None:
+        """The recent training loss recorded in the manifest (the rotation keeps the lowest); subclasses supply it."""
+        return None
+
+    def _mark_checkpoint_diverged(self, reason: str) -> None:
+        """Training diverged on the current parameters: if they are checkpointed, mark that checkpoint."""
+        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isfile(os.path.join(folder, MANIFEST_NAME)):
+            mark_diverged(folder, reason)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        verify_checkpoint(resume_from_checkpoint, getattr(self.args, "ep_resume_without_optimizer_state", False))
+        check_weights_fit(model if model is not None else self.model, resume_from_checkpoint)
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _save_checkpoint(self, model, trial):
         run_dir = self._get_output_dir(trial=trial)
@@ -116,14 +306,11 @@ class AtomicCheckpointMixin:
 
         self.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
         if self.args.should_save:
+            write_manifest(staged, global_step=self.state.global_step, train_loss=self._checkpoint_train_loss())
             publish(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            keep = [self.state.best_model_checkpoint, healthiest_checkpoint(run_dir)]
+            rotate_checkpoints(run_dir, self.args.save_total_limit, keep)
         self.accelerator.wait_for_everyone()
         if self.args.push_to_hub:
             self._push_from_checkpoint(final)

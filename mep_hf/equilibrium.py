@@ -249,7 +249,8 @@ def check_energy(energy: float, start: float, layers: Sequence[float], step: int
     raise SettlingDivergedError(
         f"settling diverged at step {step} (beta={beta:g}): the energy {what}; layer {layer + 1} of "
         f"{len(layers)} has the largest prediction error (energy {layers[layer]:.4g}). "
-        "Lower ep_beta (or ep_settle_lr with ep_settle_mode='gradient')."
+        "The parameters are not to blame (the feed-forward loss is finite and within the guard): settling itself "
+        "diverged. Lower ep_beta, or ep_settle_steps / ep_settle_lr with ep_settle_mode='gradient'."
     )
 
 

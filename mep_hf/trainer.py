@@ -22,7 +22,8 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
 from .checkpointing import AtomicCheckpointMixin
-from .equilibrium import BlockStack, Contrast, free_phase, nudged_phases
+from .equilibrium import BlockStack, Contrast, SettlingDivergedError, free_phase, nudged_phases
+from .guard import UPDATE_KNOBS, LossGuard, TrainingDivergedError
 from .training_args import EPTrainingArguments
 
 # Trainer features EP cannot honour, with the reason; refused at ``EPTrainer.__init__``.
@@ -78,14 +79,19 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
         if not isinstance(args, EPTrainingArguments):
             raise TypeError(f"EPTrainer needs EPTrainingArguments, got {type(args).__name__}")
         _refuse_unsupported_features(args)
+        train_dataset = kwargs.get("train_dataset")
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty (0 examples): there is nothing to train on")
         if model is not None:
             model = prepare_ep_model(model)
         super().__init__(model=model, args=args, **kwargs)
+        _check_label_columns(train_dataset, self.label_names)
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
         self._unwrap_cache: tuple[nn.Module | None, nn.Module | None] = (None, None)
         self._in_training_step = False
+        self._loss_guard = LossGuard(self.args.ep_loss_guard_factor, self.args.ep_loss_guard_window)
         # Trainer's loop sets this per accumulation window; the default lets training_step run on its own too.
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
@@ -136,17 +142,27 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
             stack.loss = trainer_loss
             free = free_phase(stack)
-            phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
-            contrast_fn = Contrast(
-                phases,
-                args.ep_divergence_threshold,
-                first_block=free.blocks[0],
-                grad_scale=self._loss_scale(),
-                loss=trainer_loss,
-            )
             free_loss = free.loss
-            del free  # the contrast keeps only block 1's linearization, and frees it after layer 1
-            contrast = model(**inputs, ep_contrast=contrast_fn)
+            self._guard_against_divergence(free_loss)
+            try:
+                phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
+                contrast_fn = Contrast(
+                    phases,
+                    args.ep_divergence_threshold,
+                    first_block=free.blocks[0],
+                    grad_scale=self._loss_scale(),
+                    loss=trainer_loss,
+                )
+                del free  # the contrast keeps only block 1's linearization, and frees it after layer 1
+                contrast = model(**inputs, ep_contrast=contrast_fn)
+            except SettlingDivergedError as err:
+                if self._loss_guard.has_risen(free_loss):
+                    self._diverged(
+                        f"settling diverged at step {self.state.global_step} on a training loss of {free_loss:.4g}, "
+                        f"which had climbed from {self._loss_guard.baseline:.4g}: the parameter updates are "
+                        f"diverging; {UPDATE_KNOBS}. ({err})", err
+                    )
+                raise
         finally:
             unwrapped.train(was_training)
         self._ep_metrics["ep_energy"].append(sum(p.energy for p in phases) / len(phases))
@@ -168,6 +184,25 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             return parent(at_state, dict(inputs), num_items_in_batch=num_items_in_batch)
 
         return loss
+
+    def _guard_against_divergence(self, loss: float) -> None:
+        """Stop training (before this step can be checkpointed) when the feed-forward loss diverged. Under DDP the
+        ranks decide together, so none is left waiting in a collective."""
+        reason = self._loss_guard.check(loss, self.state.global_step)
+        if self.args.world_size > 1:
+            flag = torch.tensor([float(reason is not None)], device=self.args.device)
+            if float(self.accelerator.reduce(flag, "sum")) > 0 and reason is None:
+                reason = f"the training loss diverged on another process at step {self.state.global_step}; {UPDATE_KNOBS}"
+        if reason is not None:
+            self._diverged(reason)
+
+    def _diverged(self, reason: str, cause: Exception | None = None):
+        """End training: the current parameters diverged (their checkpoint, if any, is marked so)."""
+        self._mark_checkpoint_diverged(reason)
+        raise TrainingDivergedError(reason) from cause
+
+    def _checkpoint_train_loss(self) -> float | None:
+        return self._loss_guard.recent_loss()
 
     def _unwrapped(self, model: nn.Module) -> nn.Module:
         """``accelerator.unwrap_model``, remembered per wrapper: it probes installed packages on every call."""
@@ -196,3 +231,20 @@ def _refuse_unsupported_features(args: EPTrainingArguments) -> None:
     optim = str(getattr(args.optim, "value", args.optim))
     if optim in UNSUPPORTED_OPTIMIZERS:
         raise ValueError(f"EPTrainer cannot use optim={optim!r}: {UNSUPPORTED_OPTIMIZERS[optim]}. Pick another optim.")
+
+
+def _check_label_columns(dataset, label_names: list[str]) -> None:
+    """EP nudges towards the labels: a dataset without them, or with string labels (which the collator drops),
+    is refused before any data work."""
+    features = getattr(dataset, "features", None)
+    if not features:
+        return
+    if not any(name in features for name in label_names):
+        raise ValueError(f"the train_dataset has no label column {label_names} (columns: {list(features)}); EP "
+                         "training nudges the output towards the labels")
+    for name in label_names:
+        if getattr(features.get(name), "dtype", None) in ("string", "large_string"):
+            raise ValueError(
+                f"the train_dataset column {name!r} holds strings; EP (like the model's loss) needs integer class ids. "
+                f"Encode it first, e.g. dataset = dataset.class_encode_column({name!r})"
+            )

@@ -39,6 +39,19 @@ class EPTrainingArguments(TrainingArguments):
         default=10.0,
         metadata={"help": "Settling is declared diverged when the energy exceeds its start by this many times its size."},
     )
+    ep_loss_guard_factor: float = field(
+        default=10.0,
+        metadata={"help": "Stop training when the loss exceeds this many times its lowest recent median (the "
+                          "updates diverged); 0 = off. A non-finite loss always stops training."},
+    )
+    ep_loss_guard_window: int = field(
+        default=20, metadata={"help": "Steps in the running median of the divergence guard's baseline."}
+    )
+    ep_resume_without_optimizer_state: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint that lacks optimizer.pt / scheduler.pt, with a fresh optimizer "
+                          "(otherwise such a checkpoint is refused)."},
+    )
     mep_optimizer: str | None = field(
         default=None,
         metadata={"help": "Name of a MEP optimizer preset (see mep_hf.optim.PRESETS); default: the Trainer's `optim`."},
@@ -67,6 +80,15 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"ep_settle_tol must be >= 0, got {self.ep_settle_tol!r}")
         if not (math.isfinite(self.ep_divergence_threshold) and self.ep_divergence_threshold > 0):
             raise ValueError(f"ep_divergence_threshold must be > 0, got {self.ep_divergence_threshold!r}")
+        if isinstance(self.ep_loss_guard_factor, bool) or not (
+            isinstance(self.ep_loss_guard_factor, (int, float)) and math.isfinite(self.ep_loss_guard_factor)
+            and (self.ep_loss_guard_factor == 0 or self.ep_loss_guard_factor > 1)
+        ):
+            raise ValueError(f"ep_loss_guard_factor must be 0 (off) or a finite number > 1, got {self.ep_loss_guard_factor!r}")
+        if isinstance(self.ep_loss_guard_window, bool) or not (
+            isinstance(self.ep_loss_guard_window, int) and self.ep_loss_guard_window >= 5
+        ):
+            raise ValueError(f"ep_loss_guard_window must be an integer >= 5, got {self.ep_loss_guard_window!r}")
         if isinstance(self.mep_optimizer_options, str):
             try:
                 self.mep_optimizer_options = json.loads(self.mep_optimizer_options)

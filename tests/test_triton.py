@@ -42,6 +42,10 @@ def test_triton_mode_is_validated(monkeypatch):
     monkeypatch.setenv("MEP_HF_TRITON", "auto")
     assert not triton_enabled(torch.zeros(1))  # auto: CUDA only
     monkeypatch.setenv("MEP_HF_TRITON", "1")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="MEP_HF_TRITON=1 .* run on CUDA, but the state is on cpu"):
+        triton_enabled(torch.zeros(1))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's interpreter runs them on the CPU (the tests' way)
     assert triton_enabled(torch.zeros(1)) and not triton_enabled(torch.zeros(1, dtype=torch.float64))
 
 

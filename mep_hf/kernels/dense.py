@@ -39,7 +39,17 @@ def triton_enabled(state: Tensor) -> bool:
         raise ValueError(f"MEP_HF_TRITON={mode!r}; expected one of {TRITON_MODES}")
     if mode == "0" or state.dtype != torch.float32:
         return False
-    return mode == "1" or (state.is_cuda and importlib.util.find_spec("triton") is not None)
+    installed = importlib.util.find_spec("triton") is not None
+    if mode == "1":
+        if not installed:
+            raise RuntimeError("MEP_HF_TRITON=1 asks for the Triton kernels, but triton is not installed "
+                               "(pip install triton, or set MEP_HF_TRITON=auto)")
+        if not state.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"MEP_HF_TRITON=1 asks for the Triton kernels, which run on CUDA, but the state is on "
+                               f"{state.device.type}; set MEP_HF_TRITON=auto (or TRITON_INTERPRET=1 to run them in "
+                               "Triton's interpreter, for tests)")
+        return True
+    return state.is_cuda and installed
 
 
 class DenseLinearization:

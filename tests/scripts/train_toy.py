@@ -9,17 +9,19 @@ Run it single-process (``python tests/scripts/train_toy.py --out DIR``) or under
     --split_batches      accelerate's split_batches (each global batch of B is split across the ranks)
     --save_steps K       save a checkpoint every K steps into DIR/out (default: no checkpoints)
     --resume             resume_from_checkpoint=True (the last complete checkpoint in DIR/out)
-    --step_sleep S       sleep S seconds after each step (gives a test time to SIGKILL mid-run; no numeric effect)
-    --slow_save_step N   sleep 60 s in the middle of saving checkpoint-N (after the weights, before the RNG state),
-                         so a test can SIGKILL the process half-way through a checkpoint
+    --kill_at_step N     SIGKILL this process at the end of step N, before anything of step N is saved
+    --kill_in_save_step N
+                         SIGKILL this process half-way through writing checkpoint-N (after the weights and the
+                         optimizer, before the RNG state)
+    --kill_rank R        with --kill_in_save_step under a launcher: only rank R dies (default: every rank)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +37,18 @@ from mep_hf import EPTrainer  # noqa: E402
 from tests.conftest import toy_args, toy_images, toy_model  # noqa: E402
 
 
-class Sleep(TrainerCallback):
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+def die() -> None:
+    """SIGKILL: no handler, no cleanup, no flush, exactly like the OOM killer or a pre-empted machine."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
-    def on_step_end(self, args, state, control, **kwargs):
-        time.sleep(self.seconds)
+
+class KillAtStep(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):  # runs before the step's checkpoint is saved
+        if state.global_step == self.step:
+            die()
 
 
 class BypassDDPTrainer(EPTrainer):
@@ -50,13 +58,12 @@ class BypassDDPTrainer(EPTrainer):
         return super().training_step(self.accelerator.unwrap_model(model), inputs, num_items_in_batch)
 
 
-class SlowSaveTrainer(EPTrainer):
-    slow_step = -1
+class KillInSaveTrainer(EPTrainer):
+    kill_step, kill_rank = -1, -1
 
     def _save_rng_state(self, output_dir):
-        if self.state.global_step == self.slow_step:
-            print(f"saving {output_dir}: stalled half-way", flush=True)
-            time.sleep(60)
+        if self.state.global_step == self.kill_step and self.kill_rank in (-1, self.args.process_index):
+            die()
         return super()._save_rng_state(output_dir)
 
 
@@ -70,8 +77,9 @@ def main() -> None:
     p.add_argument("--split_batches", action="store_true")
     p.add_argument("--save_steps", type=int, default=0)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--step_sleep", type=float, default=0.0)
-    p.add_argument("--slow_save_step", type=int, default=-1)
+    p.add_argument("--kill_at_step", type=int, default=-1)
+    p.add_argument("--kill_in_save_step", type=int, default=-1)
+    p.add_argument("--kill_rank", type=int, default=-1)
     a = p.parse_args()
 
     torch.set_num_threads(1)
@@ -91,9 +99,10 @@ def main() -> None:
         overrides["accelerator_config"] = {"split_batches": True}
     args = toy_args(out, **overrides)  # output_dir = out / "out"
     trainer_cls = BypassDDPTrainer if a.bypass_ddp else EPTrainer
-    if a.slow_save_step >= 0:
-        trainer_cls = type("SlowSave", (SlowSaveTrainer,), {"slow_step": a.slow_save_step})
-    callbacks = [Sleep(a.step_sleep)] if a.step_sleep else None
+    if a.kill_in_save_step >= 0:
+        kill = {"kill_step": a.kill_in_save_step, "kill_rank": a.kill_rank}
+        trainer_cls = type("KillInSave", (KillInSaveTrainer,), kill)
+    callbacks = [KillAtStep(a.kill_at_step)] if a.kill_at_step >= 0 else None
     trainer = trainer_cls(model=toy_model(), args=args, train_dataset=toy_images(128), callbacks=callbacks)
     trainer.train(resume_from_checkpoint=True if a.resume else None)
     params = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}

@@ -1,0 +1,223 @@
+"""Nothing lost, nothing silent: each attack of issue 12 ends in a clear error naming the problem, or in an exact
+resume. (docs/reliability.md lists them with their outcomes.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from mep_hf import CheckpointIntegrityError, EPMLPForImageClassification, EPTrainer, TrainingDivergedError
+from mep_hf.checkpointing import (
+    MANIFEST_NAME,
+    healthiest_checkpoint,
+    rotate_checkpoints,
+    verify_checkpoint,
+    write_manifest,
+)
+from mep_hf.equilibrium import SettlingDivergedError
+from mep_hf.guard import LossGuard
+from tests.conftest import toy_args, toy_images, toy_model
+
+STEPS = dict(max_steps=6, save_strategy="steps", save_steps=3)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One EP run with checkpoints at steps 3 and 6, and its final parameters: the reference for exact resumes."""
+    root = tmp_path_factory.mktemp("run")
+    trainer = EPTrainer(model=toy_model(), args=toy_args(root, **STEPS), train_dataset=toy_images())
+    trainer.train()
+    return root / "out", params(trainer.model)
+
+
+@pytest.fixture
+def checkpoint(run, tmp_path):
+    """A private copy of the run's checkpoint-3, to damage."""
+    out, _ = run
+    copy = tmp_path / "out" / "checkpoint-3"
+    shutil.copytree(out / "checkpoint-3", copy)
+    return copy
+
+
+def resume(tmp_path, checkpoint, model=None, **overrides):
+    trainer = EPTrainer(model=model or toy_model(seed=7), args=toy_args(tmp_path, **{**STEPS, **overrides}),
+                        train_dataset=toy_images())
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    return trainer
+
+
+def test_every_checkpoint_ends_with_a_manifest_of_its_files(run):
+    out, _ = run
+    for name in ("checkpoint-3", "checkpoint-6"):
+        manifest = verify_checkpoint(str(out / name))
+        files = {p.name for p in (out / name).iterdir()} - {MANIFEST_NAME}
+        assert set(manifest["files"]) == files
+        assert manifest["global_step"] == int(name.split("-")[1]) and manifest["train_loss"] > 0
+
+
+def test_intact_checkpoint_resumes_exactly(run, tmp_path, checkpoint):
+    _, final = run
+    resumed = resume(tmp_path, checkpoint)
+    for k, v in final.items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt"])
+def test_missing_optimizer_state_is_refused_unless_opted_out(tmp_path, checkpoint, name):
+    (checkpoint / name).unlink()
+    with pytest.raises(CheckpointIntegrityError, match=rf"{name} is missing.*ep_resume_without_optimizer_state"):
+        resume(tmp_path, checkpoint)
+    trainer = resume(tmp_path, checkpoint, ep_resume_without_optimizer_state=True)
+    assert trainer.state.global_step == 6
+
+
+def test_damaged_files_are_refused_naming_the_file(tmp_path, checkpoint):
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one flipped bit in a weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointIntegrityError, match=r"model\.safetensors changed since it was saved"):
+        resume(tmp_path, checkpoint)
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointIntegrityError, match=r"model\.safetensors has \d+ bytes, \d+ were saved"):
+        resume(tmp_path, checkpoint)
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))  # intact again
+    (checkpoint / "trainer_state.json").unlink()
+    with pytest.raises(CheckpointIntegrityError, match=r"trainer_state\.json is missing"):
+        resume(tmp_path, checkpoint)
+
+
+def test_checkpoint_without_manifest_is_refused(tmp_path, dataset):
+    stock = Trainer(model=toy_model(), train_dataset=dataset, args=TrainingArguments(
+        output_dir=str(tmp_path / "stock"), max_steps=2, save_strategy="steps", save_steps=2, report_to="none",
+        use_cpu=True))
+    stock.train()
+    with pytest.raises(CheckpointIntegrityError, match=f"has no {MANIFEST_NAME}"):
+        resume(tmp_path, tmp_path / "stock" / "checkpoint-2")
+
+
+def test_weights_of_another_architecture_are_refused_not_loaded_with_a_warning(tmp_path, checkpoint):
+    with pytest.raises(CheckpointIntegrityError, match=r"do not fit EPMLPForImageClassification: missing"):
+        resume(tmp_path, checkpoint, model=toy_model(hidden_sizes=[32, 32, 32]))
+    with pytest.raises(CheckpointIntegrityError, match=r"shapes differ"):
+        resume(tmp_path, checkpoint, model=toy_model(hidden_sizes=[32, 16]))
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "ep_convnet"}))
+    write_manifest(str(checkpoint), global_step=3, train_loss=1.0)  # a consistent checkpoint of another model type
+    with pytest.raises(CheckpointIntegrityError, match=r"holds a 'ep_convnet' model.*'ep_mlp'"):
+        resume(tmp_path, checkpoint)
+
+
+def test_exploding_loss_stops_training_and_a_healthy_checkpoint_remains(tmp_path):
+    """learning_rate=3 with Adam (8 warm-up steps), a save every step, save_total_limit=2: the loss climbs from
+    1.36 to 17 within five steps. The guard stops the run in the step that sees it explode, blaming the update; the
+    checkpoint holding the exploded parameters is marked so and refused on resume; rotation has kept the checkpoint
+    saved at the lowest loss beyond the limit, and it verifies and loads with a healthy loss."""
+    args = toy_args(tmp_path, learning_rate=3.0, warmup_steps=8, max_steps=200, save_strategy="steps", save_steps=1,
+                    save_total_limit=2, logging_steps=1)
+    trainer = EPTrainer(model=toy_model(), args=args, train_dataset=toy_images(512))
+    with pytest.raises(TrainingDivergedError, match="learning_rate") as err:
+        trainer.train()
+    assert "ep_beta" not in str(err.value)
+    out, step = tmp_path / "out", trainer.state.global_step
+    with pytest.raises(CheckpointIntegrityError, match="training diverged"):
+        verify_checkpoint(str(out / f"checkpoint-{step}"))
+    checkpoints = sorted((p.name for p in out.glob("checkpoint-*")), key=lambda name: int(name.split("-")[1]))
+    losses = {name: json.loads((out / name / MANIFEST_NAME).read_text())["train_loss"] for name in checkpoints}
+    healthiest = min(losses, key=losses.get)
+    assert len(checkpoints) == 3 and healthiest == checkpoints[0], losses  # kept beyond the limit of 2
+    verify_checkpoint(str(out / healthiest))
+    batch = toy_images(512)[:]
+    assert EPMLPForImageClassification.from_pretrained(out / healthiest)(**batch).loss < 1.5 < losses[checkpoints[-1]]
+
+
+def test_a_loss_converged_near_zero_may_fluctuate():
+    guard = LossGuard(factor=10, window=20)
+    for step, loss in enumerate([1.4, 0.5, 1e-3, 1e-5, 3e-6, 3e-6, 3e-6]):
+        assert guard.check(loss, step) is None
+    assert guard.check(5e-3, 7) is None  # 1800 times the lowest median, but far below 10% of the first loss
+    assert "exploded" in guard.check(0.2, 8)
+
+
+def test_rotation_keeps_the_checkpoint_saved_at_the_lowest_loss(tmp_path):
+    """Five checkpoints whose recorded training loss fell, then climbed: with save_total_limit=2 the two newest
+    stay, and so does the healthiest (step 2), which the stock rotation would delete."""
+    for step, loss in zip(range(1, 6), [0.9, 0.3, 2.0, 5.0, 9.0]):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        write_manifest(str(folder), global_step=step, train_loss=loss)
+    rotate_checkpoints(str(tmp_path), 2, [None, healthiest_checkpoint(str(tmp_path))])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+
+
+def test_huge_learning_rate_blames_the_update_not_beta(tmp_path, dataset):
+    trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, learning_rate=1e6, max_steps=20), train_dataset=dataset)
+    with pytest.raises(TrainingDivergedError, match="learning_rate") as err:
+        trainer.train()
+    assert "ep_beta" not in str(err.value)
+
+
+def test_diverging_settling_blames_beta_not_the_update(tmp_path, dataset):
+    trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, ep_beta=1e6, max_steps=3), train_dataset=dataset)
+    with pytest.raises(SettlingDivergedError, match="ep_beta") as err:
+        trainer.train()
+    assert "learning_rate" not in str(err.value)
+
+
+def test_invalid_guard_settings_are_refused(tmp_path):
+    for field, value in [("ep_loss_guard_factor", 0.5), ("ep_loss_guard_factor", float("nan")), ("ep_loss_guard_window", 2)]:
+        with pytest.raises(ValueError, match=field):
+            toy_args(tmp_path, **{field: value})
+
+
+def test_string_or_missing_labels_and_empty_datasets_are_refused_clearly(tmp_path, dataset):
+    rows = dataset.with_format(None).to_dict()
+    text_labels = Dataset.from_dict({**rows, "labels": [str(v) for v in rows["labels"]]}).with_format("torch")
+    with pytest.raises(ValueError, match=r"column 'labels' holds strings.*class_encode_column"):
+        EPTrainer(model=toy_model(), args=toy_args(tmp_path), train_dataset=text_labels)
+    with pytest.raises(ValueError, match=r"has no label column \['labels'\]"):
+        EPTrainer(model=toy_model(), args=toy_args(tmp_path), train_dataset=dataset.remove_columns("labels"))
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        EPTrainer(model=toy_model(), args=toy_args(tmp_path), train_dataset=dataset.select([]))
+
+
+def test_forcing_triton_on_the_cpu_is_refused_clearly(tmp_path, dataset, monkeypatch):
+    monkeypatch.setenv("MEP_HF_TRITON", "1")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, max_steps=1), train_dataset=dataset)
+    with pytest.raises(RuntimeError, match=r"MEP_HF_TRITON=1.*(CUDA|not installed)"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_model_mode_after_train_is_what_trainer_leaves(tmp_path, dataset, mode):
+    modes = {}
+    for name, trainer_cls, args in [
+        ("trainer", Trainer, TrainingArguments(output_dir=str(tmp_path / "t"), max_steps=2, report_to="none",
+                                               use_cpu=True)),
+        ("ep", EPTrainer, toy_args(tmp_path, max_steps=2)),
+    ]:
+        model = toy_model()
+        getattr(model, mode)()
+        trainer_cls(model=model, args=args, train_dataset=dataset).train()
+        modes[name] = model.training
+    assert modes["ep"] == modes["trainer"]
+
+
+def test_truncated_safetensors_error_names_the_checkpoint(tmp_path):
+    toy_model().save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(OSError, match=r"safetensors weights of '.*model' are damaged or truncated"):
+        EPMLPForImageClassification.from_pretrained(tmp_path / "model")
