@@ -3,6 +3,7 @@
 from .checkpointing import CheckpointIntegrityError
 from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
 from .guard import TrainingDivergedError
+from . import metrics
 from .models import EPConvNetConfig, EPConvNetForImageClassification, EPMLPConfig, EPMLPForImageClassification
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
@@ -23,6 +24,7 @@ __all__ = [
     "SettlingDivergedError",
     "TrainingDivergedError",
     "free_phase",
+    "metrics",
     "nudged_phases",
     "settle",
 ]
