@@ -41,6 +41,7 @@ from torch import Tensor
 
 NUDGING_MODES = ("positive", "centered")
 SETTLE_MODES = ("sweep", "gradient")
+MEMORY_MODES = ("fast", "low")
 
 
 class SettlingDivergedError(RuntimeError):
@@ -90,6 +91,7 @@ class SettleConfig:
     lr: float = 0.2
     tol: float = 0.0
     divergence_threshold: float = 10.0
+    memory: str = "fast"
 
 
 @dataclass
@@ -154,6 +156,25 @@ def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_
     return lin if lin is not None else AutogradBlock(block, state, feed_dtype, input_grad)
 
 
+class RecomputedBlock:
+    """A block run at its state without keeping anything of the run (``memory="low"``): each product re-runs the
+    block at the state, as activation checkpointing does, so a phase holds its states and no graph.
+
+    :func:`linearize` drops ``output`` once a nudged state is placed from it (a second copy of the state).
+    """
+
+    def __init__(self, block, state: Tensor, feed_dtype):
+        self.block, self.state, self.feed_dtype = block, state.detach(), feed_dtype
+        with torch.no_grad():
+            self.output = block(self.state if feed_dtype is None else self.state.to(feed_dtype))
+
+    def vjp(self, e: Tensor) -> Tensor:
+        return linearize_block(self.block, self.state, self.feed_dtype, input_grad=True).vjp(e)
+
+    def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
+        return linearize_block(self.block, self.state, self.feed_dtype, input_grad=False).parameter_grads(e, scale)
+
+
 @dataclass
 class Linearization:
     """States ``s_1..s_L``, each block linearized at its input state, and the task loss with its per-sample
@@ -180,19 +201,30 @@ def _state(t: Tensor) -> Tensor:
     return t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
-def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states: Sequence[Tensor] | None = None):
+def linearize(
+    stack: BlockStack,
+    errors: Sequence[Tensor] | None = None,
+    states: Sequence[Tensor] | None = None,
+    memory: str = "fast",
+):
     """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``.
 
     With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
+    ``memory="low"`` keeps the states only (:class:`RecomputedBlock`): the VJPs re-run each block when asked.
     """
     s, dtype, lin = stack.inputs, None, Linearization([], [])
     for l, block in enumerate(stack.blocks):
         if states is not None and l > 0:
             s = states[l - 1]
-        b = linearize_block(block, s, dtype, input_grad=l > 0)  # s_0 is clamped: no VJP into it is ever needed
+        if memory == "low":
+            b = RecomputedBlock(block, s, dtype)
+        else:
+            b = linearize_block(block, s, dtype, input_grad=l > 0)  # s_0 is clamped: no VJP into it is needed
         lin.blocks.append(b)
         s = _state(b.output) if errors is None else _state(b.output) + errors[l]
         dtype = b.output.dtype
+        if memory == "low" and errors is not None:
+            b.output = None  # the state holds what matters; the output would be a second copy
         lin.states.append(s)
     if states is not None:
         lin.states = [t.detach() for t in states]
@@ -204,9 +236,12 @@ def linearize(stack: BlockStack, errors: Sequence[Tensor] | None = None, states:
     return lin
 
 
-def free_phase(stack: BlockStack) -> Linearization:
-    """The β = 0 equilibrium: the feed-forward pass, kept linearized for the first settling step."""
-    return linearize(stack)
+def free_phase(stack: BlockStack, memory: str = "fast") -> Linearization:
+    """The β = 0 equilibrium: the feed-forward pass, kept linearized for the first settling step (``memory="fast"``)
+    or as its states only, re-linearized block by block when the sweep needs them (``"low"``)."""
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"unknown memory mode {memory!r}; expected one of {MEMORY_MODES}")
+    return linearize(stack, memory=memory)
 
 
 def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
@@ -269,12 +304,12 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
     for steps in range(first, config.steps + 1):
         if config.mode == "sweep":
             if steps > 1:  # place the states the last sweep's errors define (the last placement is the contrast's)
-                lin = linearize(stack, errors=errors)
+                lin = linearize(stack, errors=errors, memory=config.memory)
                 energy, layers = _energy(errors, lin.loss, beta, stack.batch_size)
                 check_energy(energy, start, layers, steps - 1, beta, config.divergence_threshold)
             new_errors = _sweep(lin, beta)
         else:
-            lin = linearize(stack, states=_gradient_step(lin, errors, beta, config.lr))
+            lin = linearize(stack, states=_gradient_step(lin, errors, beta, config.lr), memory=config.memory)
             new_errors = [s - _state(b.output) for s, b in zip(lin.states, lin.blocks)]
             energy, layers = _energy(new_errors, lin.loss, beta, stack.batch_size)
             check_energy(energy, start, layers, steps, beta, config.divergence_threshold)

@@ -141,7 +141,7 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             stack: BlockStack = unwrapped.ep_stack(**inputs)
             trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
             stack.loss = trainer_loss
-            free = free_phase(stack)
+            free = free_phase(stack, args.ep_memory)
             free_loss = free.loss
             self._guard_against_divergence(free_loss)
             try:

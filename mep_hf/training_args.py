@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .equilibrium import NUDGING_MODES, SETTLE_MODES, SettleConfig
+from .equilibrium import MEMORY_MODES, NUDGING_MODES, SETTLE_MODES, SettleConfig
 
 
 @dataclass
@@ -34,6 +34,12 @@ class EPTrainingArguments(TrainingArguments):
     ep_settle_tol: float = field(
         default=0.0,
         metadata={"help": "Stop settling early once the largest relative state change ‖Δs‖/‖s‖ falls below this (0 = off)."},
+    )
+    ep_memory: str = field(
+        default="fast",
+        metadata={"help": "'fast': keep each block's linearization from the free pass for the first sweep; 'low': "
+                          "keep the states only and re-run each block when its VJP is needed (activation memory "
+                          "of checkpointed backprop)."},
     )
     ep_divergence_threshold: float = field(
         default=10.0,
@@ -70,6 +76,8 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"ep_nudging must be one of {NUDGING_MODES}, got {self.ep_nudging!r}")
         if self.ep_settle_mode not in SETTLE_MODES:
             raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {self.ep_settle_mode!r}")
+        if self.ep_memory not in MEMORY_MODES:
+            raise ValueError(f"ep_memory must be one of {MEMORY_MODES}, got {self.ep_memory!r}")
         if isinstance(self.ep_settle_steps, bool) or not (
             isinstance(self.ep_settle_steps, int) and self.ep_settle_steps >= 1
         ):
@@ -107,4 +115,5 @@ class EPTrainingArguments(TrainingArguments):
             lr=self.ep_settle_lr,
             tol=self.ep_settle_tol,
             divergence_threshold=self.ep_divergence_threshold,
+            memory=self.ep_memory,
         )

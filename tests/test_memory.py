@@ -28,3 +28,49 @@ def test_ep_memory_overhead_is_a_few_activations_whatever_the_depth():
     overhead = {depth: peak_tensors("ep", depth) - peak_tensors("backprop", depth) for depth in (4, 32)}
     assert all(o <= 4 * ACTIVATION_MIB + 0.01 for o in overhead.values()), (overhead, ACTIVATION_MIB)
     assert abs(overhead[32] - overhead[4]) <= 0.01, overhead  # constant: nothing is kept per layer
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _char_lm_activation_mib(bench, method: str, layers: int) -> float:
+    """Activation memory of one training step of a small char transformer (allocation records, in process)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from mep_hf.models import EPCharTransformerConfig, EPCharTransformerForCausalLM
+
+    def build():
+        torch.manual_seed(0)
+        config = EPCharTransformerConfig(vocab_size=32, max_position_embeddings=64, hidden_size=64,
+                                         num_hidden_layers=layers, num_attention_heads=4)
+        return EPCharTransformerForCausalLM(config), 32, (4, 64)
+
+    model = build()[0]
+    trainer = bench.make_trainer(method, model.state_dict(), build)
+    ids = torch.randint(0, 32, (4, 64), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids}
+    bench.step(trainer, batch)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        trainer.training_step(trainer.model, dict(batch))
+    grads = sum(p.numel() * 4 for p in model.parameters())
+    return (bench.tensor_peak(prof) - grads) / 2**20
+
+
+def test_low_memory_mode_keeps_states_not_graphs():
+    """ep_memory="low" keeps one state (and one error) per block: going from 2 to 8 transformer blocks adds a few
+    residual-stream tensors per block, where backprop and fast EP keep every block's graph (about 15 of them)."""
+    bench = _load_benchmark("transformer_memory")
+    stream_mib = 4 * 64 * 64 * 4 / 2**20  # one (batch, tokens, width) float32 tensor
+    growth = {m: (_char_lm_activation_mib(bench, m, 8) - _char_lm_activation_mib(bench, m, 2)) / 6 / stream_mib
+              for m in ("backprop", "backprop_checkpointed", "ep_fast", "ep_low")}
+    print({m: f"{g:.1f} residual streams per block" for m, g in growth.items()})
+    assert growth["ep_low"] <= 3.0, growth
+    assert growth["backprop"] >= 4 * growth["ep_low"] and growth["ep_fast"] >= 4 * growth["ep_low"], growth

@@ -41,10 +41,11 @@ def losses(log: list[dict]) -> list[float]:
     return [h["loss"] for h in log if "loss" in h]
 
 
+@pytest.mark.parametrize("memory", ["fast", "low"])
 @pytest.mark.parametrize("model_name", ["char_lm", "gpt2"])
-def test_padded_causal_lm_update_and_logged_loss_equal_trainers(tmp_path, model_name):
-    """One step on a padded batch of uneven rows: Trainer normalizes by the batch's token count."""
-    difference, ep_log, bp_log = parity(tmp_path, model_name, padded_lm_data(4), max_steps=1)
+def test_padded_causal_lm_update_and_logged_loss_equal_trainers(tmp_path, model_name, memory):
+    """One step on a padded batch of uneven rows: Trainer normalizes by the batch's token count. Both memory modes."""
+    difference, ep_log, bp_log = parity(tmp_path, model_name, padded_lm_data(4), max_steps=1, ep_memory=memory)
     assert difference <= BOUND
     assert losses(ep_log) == pytest.approx(losses(bp_log), rel=1e-6)
 

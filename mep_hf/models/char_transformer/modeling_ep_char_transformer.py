@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
 
 from ...equilibrium import BlockStack, Contrast
@@ -70,8 +71,11 @@ class EPCharSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
-class EPCharTransformerBlock(nn.Module):
-    """One pre-LN block, ``s + attn(LN(s))`` then ``+ mlp(LN(·))``: one EP block (its state is the residual stream)."""
+class EPCharTransformerBlock(GradientCheckpointingLayer):
+    """One pre-LN block, ``s + attn(LN(s))`` then ``+ mlp(LN(·))``: one EP block (its state is the residual stream).
+
+    A ``GradientCheckpointingLayer``, so backprop (``Trainer(gradient_checkpointing=True)``) can checkpoint it: the
+    baseline that EP's low-memory mode is measured against."""
 
     def __init__(self, config: EPCharTransformerConfig):
         super().__init__()
@@ -107,6 +111,7 @@ class EPCharTransformerPreTrainedModel(EPPreTrainedModel):
     input_modalities = ("text",)
     _no_split_modules = ["EPCharTransformerBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
         """N(0, initializer_range) Linear weights, zero biases, LayerNorm (1, 0); embeddings N(0, embedding_init_std)
