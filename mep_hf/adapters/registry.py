@@ -172,7 +172,9 @@ def prepare_ep_model(model: nn.Module) -> nn.Module:
     missing = head.missing(target)
     if missing:
         raise unsupported(target, f"its {head.task} head lacks {missing} (the {model_type} EP head reads them)")
-    if getattr(target, "is_gradient_checkpointing", False):
+    checkpointing = "is_activation_checkpointing" if hasattr(type(target), "is_activation_checkpointing") else (
+        "is_gradient_checkpointing")
+    if getattr(target, checkpointing, False):
         raise unsupported(target, "gradient checkpointing is pointless under EP (no backprop graph); disable it")
     family = FAMILIES[row.family]
     layout = family.Layout(**row.layout)
