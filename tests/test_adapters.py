@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -24,24 +26,16 @@ from transformers import AutoModelForCausalLM, GPT2LMHeadModel, Trainer, Trainin
 
 import mep_hf.equilibrium as equilibrium
 from mep_hf import EPTrainer, SettleConfig, free_phase, nudged_phases
-from mep_hf.adapters import MODEL_TYPES, ModelType, prepare_ep_model, register_adapter_family, register_model_type
-from mep_hf.adapters import supported_models
+from mep_hf.adapters import FAMILIES, MODEL_TYPES, ModelType, prepare_ep_model, register_adapter_family
+from mep_hf.adapters import register_model_type, supported_models
+from mep_hf.adapters.check import backprop_gradients, check_against_backprop, ep_gradients, mismatches
 from mep_hf.adapters.heads import Head
 from mep_hf.equilibrium import Contrast
 from tests.adapter_models import CASES, tiny_batch, tiny_model
 from tests.conftest import toy_args
 
-COS_MIN, REL_MAX = 0.9999, 1e-4
 BETA, SWEEPS = 1e-5, 3
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def ep_gradients(model, batch, beta=BETA, nudging="centered", steps=SWEEPS):
-    """EP's parameter gradients for ``batch``, through the model's forward (``ep_contrast=``) as EPTrainer runs it."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    stack = model.ep_stack(**batch)
-    phases = nudged_phases(stack, free_phase(stack), beta, nudging, SettleConfig(steps=steps))
-    return torch.autograd.grad(model(**batch, ep_contrast=Contrast(phases)), params, allow_unused=True)
 
 
 def stack_output(model, batch):
@@ -53,40 +47,18 @@ def stack_output(model, batch):
     return s, stack.loss(s)
 
 
-def mismatches(model, ep, bp) -> list[str]:
-    """Tensors failing the bound. A tensor whose true gradient is zero (below 1e-9 of the largest: attention key
-    biases, under softmax's shift invariance; tokens a batch never uses) must get an EP gradient as small."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    zero = lambda g, like: torch.zeros_like(like) if g is None else g  # noqa: E731
-    params = [p for p in model.parameters() if p.requires_grad]
-    ep = [zero(g, p) for g, p in zip(ep, params)]
-    bp = [zero(g, p) for g, p in zip(bp, params)]
-    scale = max(float(g.norm()) for g in bp)
-    bad = []
-    for name, a, b in zip(names, ep, bp):
-        if float(b.norm()) < 1e-9 * scale:
-            if float(a.norm()) > 1e-7 * scale:
-                bad.append(f"{name}: true gradient 0, EP {float(a.norm()):.2e}")
-            continue
-        cos = float(nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
-        rel = float((a - b).norm() / b.norm())
-        if cos < COS_MIN or rel > REL_MAX:
-            bad.append(f"{name}: cosine {cos:.8f}, relative error {rel:.2e}")
-    return bad
-
-
 # ------------------------------------------------------------------------------------------------ exactness
 @pytest.mark.parametrize("model_type, task", CASES, ids=[f"{t}-{k}" for t, k in CASES])
 def test_free_phase_is_the_stock_forward_and_ep_gradient_is_backprop(model_type, task):
+    """Float64, centered beta=1e-5, 3 sweeps: per tensor cosine >= 0.9999, relative error <= 1e-4 against backprop
+    of the stock forward; the stack's output is the forward's logits and loss (check_against_backprop)."""
     model = prepare_ep_model(tiny_model(model_type, task).double()).eval()
     batch = tiny_batch(model_type, task, model)
     reference = model(**batch)
     logits, loss = stack_output(model, batch)
     torch.testing.assert_close(logits, reference.logits, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(loss, reference.loss, rtol=1e-12, atol=1e-12)
-    params = [p for p in model.parameters() if p.requires_grad]
-    backprop = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)  # the stock forward's gradient
-    assert mismatches(model, ep_gradients(model, batch), backprop) == []
+    assert check_against_backprop(model, batch, beta=BETA, sweeps=SWEEPS) == []
 
 
 @pytest.mark.parametrize("model_type, task", [("llama", "sequence-classification"), ("qwen2", "token-classification"),
@@ -97,8 +69,7 @@ def test_decoder_classifiers_with_left_padding(model_type, task):
     batch = tiny_batch(model_type, task, model, left_padding=True)
     reference = model(**batch)
     torch.testing.assert_close(stack_output(model, batch)[0], reference.logits, rtol=1e-12, atol=1e-12)
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert mismatches(model, ep_gradients(model, batch), torch.autograd.grad(reference.loss, params)) == []
+    assert mismatches(model, ep_gradients(model, batch, beta=BETA), backprop_gradients(model, batch)) == []
 
 
 @pytest.mark.parametrize("model_type, task", [("llama", "causal-lm"), ("bert", "masked-lm"),
@@ -107,9 +78,9 @@ def test_negative_control_fails_the_bound(model_type, task):
     """One-sided nudging at a large beta carries an O(beta) bias: the same check must reject it."""
     model = prepare_ep_model(tiny_model(model_type, task).double()).eval()
     batch = tiny_batch(model_type, task, model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    backprop = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
-    assert mismatches(model, ep_gradients(model, batch, beta=1e-2, nudging="positive", steps=1), backprop) != []
+    failing = mismatches(model, ep_gradients(model, batch, beta=1e-2, nudging="positive", sweeps=1),
+                         backprop_gradients(model, batch))
+    assert failing != []
 
 
 def test_problem_types_match_the_stock_loss():
@@ -119,8 +90,7 @@ def test_problem_types_match_the_stock_loss():
         model.config.problem_type = problem
         batch = {**tiny_batch("bert", "sequence-classification", model), "labels": labels.double()}
         torch.testing.assert_close(stack_output(model, batch)[1], model(**batch).loss, rtol=1e-12, atol=1e-12)
-        params = list(model.parameters())
-        assert mismatches(model, ep_gradients(model, batch), torch.autograd.grad(model(**batch).loss, params)) == []
+        assert check_against_backprop(model, batch, beta=BETA) == []
 
 
 # ------------------------------------------------------------------------------------------------ dropout
@@ -166,9 +136,8 @@ def test_dropout_with_fresh_masks_breaks_ep(monkeypatch):
     model = prepare_ep_model(tiny_model("bert", "sequence-classification").double()).train()
     batch = tiny_batch("bert", "sequence-classification", model)
     monkeypatch.setattr(encoder, "step_seeds", lambda *a: None)
-    params = list(model.parameters())
-    backprop = torch.autograd.grad(stack_output(model, batch)[1], params, allow_unused=True)
-    assert mismatches(model, ep_gradients(model, batch), backprop) != []
+    backprop = backprop_gradients(model, batch, loss=stack_output(model, batch)[1])
+    assert mismatches(model, ep_gradients(model, batch, beta=BETA), backprop) != []
 
 
 def test_eval_mode_step_says_dropout_is_off(caplog):
@@ -180,7 +149,7 @@ def test_eval_mode_step_says_dropout_is_off(caplog):
     model = prepare_ep_model(tiny_model("gpt2", "causal-lm")).eval()
     batch = tiny_batch("gpt2", "causal-lm", model, dtype=torch.float32)
     with caplog.at_level(logging.WARNING):
-        ep_gradients(model, batch, beta=1e-2, steps=1)
+        ep_gradients(model, batch, beta=1e-2, sweeps=1)
     hf_logging.disable_propagation()
     assert "dropout" in caplog.text and "OFF" in caplog.text and "same network" in caplog.text
 
@@ -206,9 +175,7 @@ def test_lora_gradients_match_backprop(model_type, task):
     batch = tiny_batch(model_type, task, model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
-    params = [p for p in model.parameters() if p.requires_grad]
-    backprop = torch.autograd.grad(model(**batch).loss, params)
-    assert mismatches(model, ep_gradients(model, batch), backprop) == []
+    assert check_against_backprop(model, batch, beta=BETA) == []
 
 
 def test_lora_trains_only_adapter_weights_and_round_trips_through_peft(tmp_path, monkeypatch):
@@ -426,7 +393,7 @@ def test_registries_refuse_duplicates():
 def test_readme_table_is_the_registry():
     """The README's supported-models table lists exactly the registry's model types, families and classes."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("### Supported stock models", 1)[1].split("\n\n", 2)[1]
+    section = re.split(r"\n#", text.split("### Supported stock models", 1)[1], maxsplit=1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     table = {}
     for line in rows:
@@ -438,7 +405,17 @@ def test_readme_table_is_the_registry():
 
 
 def test_adding_a_family_example_runs():
-    """The worked example of docs/adding_a_family.md, run as written."""
+    """The worked example of docs/adding_a_family.md, run as written (the registries are restored afterwards)."""
     doc = (ROOT / "docs" / "adding_a_family.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", doc, flags=re.S))
-    exec(compile(code, "docs/adding_a_family.md", "exec"), {"__name__": "adding_a_family"})
+    saved = [(registry, dict(registry)) for registry in (MODEL_TYPES, FAMILIES)]
+    module = types.ModuleType("adding_a_family")  # dataclasses look their module up in sys.modules
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(code, "docs/adding_a_family.md", "exec"), module.__dict__)
+        assert "convnext" in MODEL_TYPES and "stablelm" in MODEL_TYPES
+    finally:
+        del sys.modules[module.__name__]
+        for registry, before in saved:
+            registry.clear()
+            registry.update(before)
