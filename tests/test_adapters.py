@@ -145,12 +145,14 @@ def test_eval_mode_step_says_dropout_is_off(caplog):
 
     from transformers.utils import logging as hf_logging
 
-    hf_logging.enable_propagation()
     model = prepare_ep_model(tiny_model("gpt2", "causal-lm")).eval()
     batch = tiny_batch("gpt2", "causal-lm", model, dtype=torch.float32)
-    with caplog.at_level(logging.WARNING):
-        ep_gradients(model, batch, beta=1e-2, sweeps=1)
-    hf_logging.disable_propagation()
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            ep_gradients(model, batch, beta=1e-2, sweeps=1)
+    finally:
+        hf_logging.disable_propagation()
     assert "dropout" in caplog.text and "OFF" in caplog.text and "same network" in caplog.text
 
 
