@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py                       # MLP 784-512-512-10, conv net, char transformer
     python benchmarks/step_time.py --models mlp --repeats 50
+    python benchmarks/step_time.py --models llama --batch_size 8 --threads 1   # stock LlamaForCausalLM, adapted
     python benchmarks/step_time.py --use_cpu false       # on a CUDA GPU (fused Triton kernels for dense blocks)
 
 For each model: a plain ``Trainer`` (backprop) and an ``EPTrainer`` start from the same weights; each timed step
@@ -74,15 +75,28 @@ def char_transformer() -> torch.nn.Module:
     return EPCharTransformerForCausalLM(config)
 
 
+def llama() -> torch.nn.Module:
+    """A stock ``LlamaForCausalLM`` (d=256, 4 layers, 8 heads / 4 key-value heads, SwiGLU 704, vocab 2048, context
+    128), trained by EP through the decoder-family adapter (``mep_hf.adapters``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=128)
+    return LlamaForCausalLM(config)
+
+
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "mlp": mlp,
     "convnet": convnet,
     "char_transformer": char_transformer,
+    "llama": llama,
 }
+LM_SHAPES = {"char_transformer": (96, 64), "llama": (2048, 128)}  # (vocabulary, context) of the language models
 
 
-def char_batch(batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    ids = torch.randint(0, 96, (batch_size, 64), generator=torch.Generator().manual_seed(seed))
+def lm_batch(name: str, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    vocab, length = LM_SHAPES[name]
+    ids = torch.randint(0, vocab, (batch_size, length), generator=torch.Generator().manual_seed(seed))
     return {"input_ids": ids, "labels": ids.clone()}
 
 
@@ -152,12 +166,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name in bench.models:
         set_seed(bench.seed)
         model = MODELS[name]()
-        is_lm = name == "char_transformer"
-        batch = char_batch(bench.batch_size, bench.seed) if is_lm else data["train"][: bench.batch_size]
+        is_lm = name in LM_SHAPES
+        batch = lm_batch(name, bench.batch_size, bench.seed) if is_lm else data["train"][: bench.batch_size]
         step = time_steps(make_trainers(bench, model, data, out / name / "timing"), batch, bench)
         row = {"ep_step_ms": 1e3 * step["ep"], "backprop_step_ms": 1e3 * step["backprop"]}
         row["ratio"] = step["ep"] / step["backprop"]
-        if is_lm:  # accuracy budget: examples/train_char_lm.py (bits/char, EP vs backprop, docs/transformers.md)
+        if is_lm:  # accuracy budget: examples/train_char_lm.py (bits/char), examples/finetune_minilm.py (docs/transformers.md)
             row["ep_test_accuracy"] = row["backprop_test_accuracy"] = float("nan")
         else:
             for method, trainer in make_trainers(bench, model, data, out / name / "budget").items():

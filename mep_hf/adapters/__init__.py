@@ -1,33 +1,34 @@
 """Turn stock Hugging Face models into EP block stacks, so ``EPTrainer(model=<stock model>)`` just works.
 
-``prepare_ep_model`` returns EP-native models unchanged, adapts the stock architectures registered in
-``ADAPTERS`` (keyed by ``config.model_type``), and refuses anything else with the reason.
+Adapters go by family, not by model: a family module (``decoder``, ``encoder``, ``vision``) turns a declared layout
+(embedding, layer list, final norm, mask rule) into a :class:`~mep_hf.equilibrium.BlockStack`; a head
+(:mod:`mep_hf.adapters.heads`) is the small piece on top. ``registry.MODEL_TYPES`` gives each ``model_type`` its
+family, layout and heads. :func:`prepare_ep_model` (called by ``EPTrainer.__init__``) returns EP-native models
+unchanged, adapts registered stock models (and the base model of a peft model) in place, and refuses anything else,
+naming the class and listing what is supported.
 """
 
-from __future__ import annotations
+from .registry import (
+    FAMILIES,
+    MODEL_TYPES,
+    ModelType,
+    prepare_ep_model,
+    register_adapter_family,
+    register_model_type,
+    supported_classes,
+    supported_models,
+)
+from . import decoder, encoder, vision  # noqa: E402,F401  (each registers its family)
+from .heads import Head
 
-from collections.abc import Callable
-
-from torch import nn
-
-ADAPTERS: dict[str, Callable[[nn.Module], nn.Module]] = {}
-
-
-def prepare_ep_model(model: nn.Module) -> nn.Module:
-    if callable(getattr(model, "ep_stack", None)):
-        return model
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in ADAPTERS:
-        return ADAPTERS[model_type](model)
-    supported = ", ".join(sorted(ADAPTERS)) or "none yet"
-    raise TypeError(
-        f"{type(model).__name__} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method and no "
-        f"adapter is registered for model_type={model_type!r} (adapters exist for: {supported}). "
-        "Use an EP model from mep_hf.models, or register an adapter in mep_hf.adapters.ADAPTERS."
-    )
-
-
-from .bert import adapt_bert  # noqa: E402
-from .gpt2 import adapt_gpt2  # noqa: E402
-
-ADAPTERS.update({"gpt2": adapt_gpt2, "bert": adapt_bert})
+__all__ = [
+    "FAMILIES",
+    "MODEL_TYPES",
+    "Head",
+    "ModelType",
+    "prepare_ep_model",
+    "register_adapter_family",
+    "register_model_type",
+    "supported_classes",
+    "supported_models",
+]

@@ -1,0 +1,172 @@
+"""Scripts written like the stock Hugging Face examples (``tests/scripts/run_*.py``), with only the Trainer ->
+EPTrainer / TrainingArguments -> EPTrainingArguments swap, train stock models by EP, offline:
+
+* ``run_clm.py``: a Llama-style decoder from ``--model_type llama --config_overrides``, causal LM;
+* ``run_mlm.py``: a BERT encoder, masked LM (``DataCollatorForLanguageModeling``);
+* ``run_classification.py``: the same BERT, text classification from a csv file;
+* ``run_image_classification.py``: a ViT on an ``imagefolder`` of PNGs.
+
+The tokenizer is a word-level ``tokenizers`` one built here; the models are tiny configs saved with
+``save_pretrained``. Each run is a few steps; what is checked is that the stock plumbing (argument parsing,
+``datasets.map``, grouping, collators, evaluation, saving) runs through EPTrainer, and that EP did the training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SWAP = "from mep_hf import EPTrainer as Trainer, EPTrainingArguments as TrainingArguments  # the swap"
+STOCK = "from transformers import Trainer, TrainingArguments"
+WORDS = "the a is red blue green small big cat dog bird fish sees likes chases happy sad glad gloomy and .".split()
+EP_FLAGS = ["--ep_beta", "0.01", "--ep_nudging", "centered", "--ep_settle_steps", "2"]
+
+
+def common_flags(out: Path, cache: Path) -> list[str]:
+    return ["--output_dir", str(out), "--cache_dir", str(cache), "--do_train", "--do_eval", "--max_steps", "3",
+            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3",
+            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "--seed", "0",
+            "--disable_tqdm", "true", *EP_FLAGS]
+
+
+def run_script(name: str, argv: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+
+
+def trained_by_ep(out: Path) -> bool:
+    """EPTrainer logs the settling diagnostics beside the loss; plain Trainer never does."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = [h for h in history if "loss" in h]
+    return bool(logged) and all("ep_energy" in h and np.isfinite(h["loss"]) for h in logged)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("run_*.py")))
+def test_scripts_differ_from_stock_by_the_swap_only(script):
+    source = (SCRIPTS / script).read_text()
+    assert source.count(SWAP) == 1
+    stock = source.replace(SWAP, STOCK)
+    assert "mep_hf" not in stock.replace("mep-hf", "") and "EPTrainer" not in stock.split('"""', 2)[2]
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    """A word-level tokenizer, a text corpus and a labelled csv, all built here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("text")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    fast.save_pretrained(root / "tokenizer")
+    rng = random.Random(0)
+
+    def sentence(mood: str) -> str:
+        adjective = rng.choice(["happy", "glad"] if mood == "pos" else ["sad", "gloomy"])
+        return (f"the {rng.choice(['red', 'blue', 'green'])} {rng.choice(['cat', 'dog', 'bird'])} is {adjective} "
+                f"and {rng.choice(['sees', 'likes', 'chases'])} a {rng.choice(['small', 'big'])} fish .")
+
+    lines = [sentence(rng.choice(["pos", "neg"])) for _ in range(120)]
+    (root / "train.txt").write_text("\n".join(lines[:100]) + "\n")
+    (root / "valid.txt").write_text("\n".join(lines[100:]) + "\n")
+    for split, n in (("train", 48), ("dev", 16)):
+        moods = [rng.choice(["pos", "neg"]) for _ in range(n)]
+        rows = ["sentence,label"] + [f"{sentence(m)},{int(m == 'pos')}" for m in moods]
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root, len(fast)
+
+
+def tiny_bert_dir(root: Path, tokenizer_dir: Path, vocab_size: int, cls) -> Path:
+    from transformers import AutoTokenizer, BertConfig
+
+    torch.manual_seed(0)
+    model = cls(BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=64, pad_token_id=0))
+    out = root / cls.__name__
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+def test_run_clm_llama(text_files, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    root, vocab_size = text_files
+    overrides = (f"vocab_size={vocab_size},hidden_size=16,intermediate_size=32,num_hidden_layers=2,"
+                 "num_attention_heads=2,num_key_value_heads=1,max_position_embeddings=64")
+    out = tmp_path / "clm"
+    run_script("run_clm.py", ["--model_type", "llama", "--config_overrides", overrides, "--tokenizer_name",
+                              str(root / "tokenizer"), "--train_file", str(root / "train.txt"), "--validation_file",
+                              str(root / "valid.txt"), "--block_size", "16", *common_flags(out, tmp_path / "cache")],
+               monkeypatch)
+    assert trained_by_ep(out)
+    assert np.isfinite(json.loads((out / "eval_results.json").read_text())["perplexity"])
+    assert type(AutoModelForCausalLM.from_pretrained(out)) is LlamaForCausalLM
+
+
+def test_run_mlm_bert(text_files, tmp_path, monkeypatch):
+    from transformers import BertForMaskedLM
+
+    root, vocab_size = text_files
+    model_dir = tiny_bert_dir(tmp_path, root / "tokenizer", vocab_size, BertForMaskedLM)
+    out = tmp_path / "mlm"
+    run_script("run_mlm.py", ["--model_name_or_path", str(model_dir), "--train_file", str(root / "train.txt"),
+                              "--validation_file", str(root / "valid.txt"), "--max_seq_length", "16",
+                              *common_flags(out, tmp_path / "cache")], monkeypatch)
+    assert trained_by_ep(out)
+    assert np.isfinite(json.loads((out / "eval_results.json").read_text())["perplexity"])
+
+
+def test_run_classification_bert(text_files, tmp_path, monkeypatch):
+    from transformers import BertForSequenceClassification
+
+    root, vocab_size = text_files
+    model_dir = tiny_bert_dir(tmp_path, root / "tokenizer", vocab_size, BertForSequenceClassification)
+    out = tmp_path / "cls"
+    run_script("run_classification.py", ["--model_name_or_path", str(model_dir), "--train_file",
+                                         str(root / "train.csv"), "--validation_file", str(root / "dev.csv"),
+                                         "--text_column_names", "sentence", "--label_column_name", "label",
+                                         *common_flags(out, tmp_path / "cache")], monkeypatch)
+    assert trained_by_ep(out)
+    assert 0.0 <= json.loads((out / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
+
+
+def test_run_image_classification_vit(tmp_path, monkeypatch):
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    rng = np.random.default_rng(0)
+    for label in ("bright_top", "bright_bottom"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            x = rng.integers(0, 100, (8, 8, 3), dtype=np.uint8)
+            x[:4] += 150 if label == "bright_top" else 0
+            x[4:] += 150 if label == "bright_bottom" else 0
+            Image.fromarray(x).save(tmp_path / "images" / label / f"{i}.png")
+    torch.manual_seed(0)
+    model_dir = tmp_path / "vit"
+    ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
+                                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                         num_labels=2)).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(model_dir)
+    out = tmp_path / "img"
+    run_script("run_image_classification.py", ["--model_name_or_path", str(model_dir), "--train_dir",
+                                               str(tmp_path / "images"), "--remove_unused_columns", "False",
+                                               *common_flags(out, tmp_path / "cache")], monkeypatch)
+    assert trained_by_ep(out)
+    assert 0.0 <= json.loads((out / "eval_results.json").read_text())["eval_accuracy"] <= 1.0
