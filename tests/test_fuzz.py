@@ -39,7 +39,7 @@ REFUSALS = [
     (ValueError, r"^labels have shape \(.*\) but the batch needs"),
     (ValueError, r"^labels must lie in \[0, 3\]"),
     (ValueError, r"^the train_dataset column 'labels' holds strings"),
-    (ValueError, r"^the train_dataset has no label column \['labels'\]"),
+    (ValueError, r"^EP training needs `labels` in every batch"),
     (SettlingDivergedError, r"^settling diverged at step \d+ \(beta="),
     (TrainingDivergedError, r"training loss"),
 ]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+__all__ = ["METRICS", "load", "next_token_log_probs"]
+
 METRICS = ("accuracy", "bits_per_character")
 _HERE = Path(__file__).resolve().parent
 
