@@ -32,3 +32,35 @@ def test_cifar10_offline_error_says_why(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(FileNotFoundError, match="No offline copy of CIFAR-10"):
         load_cifar10(cache_dir=tmp_path)
+
+
+def test_cifar10_from_the_hub_format_with_pil_images(monkeypatch, tmp_path):
+    """The real Hub copy (uoft-cs/cifar10) holds PIL images in an ``img`` column (``datasets.Image``) and a
+    ``label`` ClassLabel; the loader turns them into exactly what the zoo's image processor makes of the same
+    images (``uint8 / 255`` in float32, channel-major), so a CIFAR-10 checkpoint sees the same pixels either way."""
+    from PIL import Image
+
+    from mep_hf.data.cifar10 import CIFAR10_LABELS
+    from mep_hf.models.image_processing_ep import EPImageProcessor
+
+    rng = np.random.default_rng(1)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CIFAR10_LABELS)})
+    raw = {s: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for s, n in (("train", 30), ("test", 10))}
+    fake = datasets.DatasetDict({
+        s: datasets.Dataset.from_dict(
+            {"img": [Image.fromarray(a, "RGB") for a in arrays], "label": [i % 10 for i in range(len(arrays))]},
+            features=features)
+        for s, arrays in raw.items()
+    })
+    assert isinstance(fake["test"][0]["img"], Image.Image)
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, *a, **k: fake)
+    dd = load_cifar10(cache_dir=tmp_path, validation_size=10)
+    assert {k: v.num_rows for k, v in dd.items()} == {"train": 20, "validation": 10, "test": 10}
+    x = dd["test"][:]["pixel_values"].numpy()
+    expected = raw["test"].transpose(0, 3, 1, 2).reshape(10, -1).astype(np.float32) / 255
+    assert np.array_equal(x, expected)
+    assert dd["test"][:]["labels"].tolist() == [i % 10 for i in range(10)]
+    assert dd["test"].features["labels"].names == CIFAR10_LABELS
+    processor = EPImageProcessor(num_channels=3, size={"height": 32, "width": 32})
+    processed = processor([fake["test"][i]["img"] for i in range(10)], return_tensors="np")["pixel_values"]
+    assert np.array_equal(processed.reshape(10, -1), x)

@@ -1,15 +1,24 @@
 """EP-native models, registered with the ``transformers`` Auto classes on import."""
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoTokenizer,
+)
 
 from .char_transformer import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
 from .convnet import EPConvNetConfig, EPConvNetForImageClassification
+from .image_processing_ep import EPImageProcessor
 from .mlp import EPMLPConfig, EPMLPForImageClassification
 
 AutoConfig.register(EPMLPConfig.model_type, EPMLPConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPMLPConfig, EPMLPForImageClassification, exist_ok=True)
 AutoConfig.register(EPConvNetConfig.model_type, EPConvNetConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPConvNetConfig, EPConvNetForImageClassification, exist_ok=True)
+for _config in (EPMLPConfig, EPConvNetConfig):
+    AutoImageProcessor.register(_config, image_processor_classes={"pil": EPImageProcessor}, exist_ok=True)
 AutoConfig.register(EPCharTransformerConfig.model_type, EPCharTransformerConfig, exist_ok=True)
 AutoModelForCausalLM.register(EPCharTransformerConfig, EPCharTransformerForCausalLM, exist_ok=True)
 AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharTokenizer, exist_ok=True)
@@ -17,6 +26,7 @@ AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharToken
 __all__ = [
     "EPConvNetConfig",
     "EPConvNetForImageClassification",
+    "EPImageProcessor",
     "EPCharTokenizer",
     "EPCharTransformerConfig",
     "EPCharTransformerForCausalLM",

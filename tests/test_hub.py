@@ -1,0 +1,463 @@
+"""The zoo and the Hub, end to end against a Hub-protocol server started in this test session (tests/hub_server.py):
+package a trained run, publish it with the project's command, pull it into an empty cache, load it with the Auto
+classes and pipeline() (with mep_hf, and in a process where mep_hf cannot be imported), and get the card's numbers
+back exactly; EPTrainer's push_to_hub with hub_strategy="checkpoint"; the card's contents; the zoo index."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from conftest import toy_args, toy_model
+from hub_server import HubServer, use_endpoint
+from mep_hf import EPTrainer
+from mep_hf.hub import (
+    EPModelCardMixin,
+    ep_settings,
+    flatten_sources,
+    read_pickled_args,
+    write_index,
+)
+from mep_hf.hub.cli import main as zoo_cli
+from mep_hf.models import (
+    EPCharTokenizer,
+    EPCharTransformerConfig,
+    EPCharTransformerForCausalLM,
+    EPConvNetConfig,
+    EPConvNetForImageClassification,
+    EPMLPConfig,
+    EPMLPForImageClassification,
+)
+from mep_hf.models.char_transformer.tokenization_ep_char_fast import char_tokenizer_fast_from
+from mep_hf.models.image_processing_ep import EPImageProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_test_token"
+WITHOUT_MEP_HF = ROOT / "tests" / "scripts" / "use_zoo_without_mep_hf.py"
+
+
+# --------------------------------------------------------------------------- fixtures: a Hub, toy runs
+@pytest.fixture(scope="session")
+def hub_server():
+    server = HubServer(token=TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub(hub_server, monkeypatch, tmp_path):
+    """huggingface_hub and transformers pointed at the test server, online, with a token and an empty HF_HOME."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    with use_endpoint(hub_server.endpoint):
+        yield hub_server
+
+
+def toy_uint8_images(n: int, seed: int) -> Dataset:
+    """8x8 grayscale images with uint8 pixels (so PNG / PIL round trips are exact), stored as ``uint8 / 255`` like
+    Fashion-MNIST; the label is the quadrant with a faint brighter patch (hard enough that accuracy is not 1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 200, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    for i, lab in enumerate(labels.tolist()):
+        r, c = divmod(lab, 2)
+        x[i, 0, r * 4 : r * 4 + 4, c * 4 : c * 4 + 4] += 40
+    return Dataset.from_dict({"pixel_values": (x.float() / 255).numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+def accuracy(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def write_run_info(out: Path, start: float, **extra) -> dict:
+    info = {"command": "python tests/test_hub.py::toy", "train_seconds": round(time.perf_counter() - start, 3),
+            "machine": {"cpu": "test CPU", "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+            "torch": torch.__version__, "date": "2026-11-27T00:00:00+00:00", **extra}
+    (out / "run_info.json").write_text(json.dumps(info))
+    return info
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A toy EP MLP run directory as the example scripts leave it (model, image processor, metrics, state, info)."""
+    out = tmp_path_factory.mktemp("runs") / "toy_mlp"
+    args = toy_args(out.parent, output_dir=str(out), max_steps=12, eval_strategy="steps", eval_steps=6,
+                    per_device_eval_batch_size=64)
+    processor = EPImageProcessor(size={"height": 8, "width": 8})
+    test = toy_uint8_images(96, seed=2)
+    trainer = EPTrainer(model=toy_model(), args=args, train_dataset=toy_uint8_images(192, 0),
+                        eval_dataset=toy_uint8_images(64, 1), compute_metrics=accuracy, processing_class=processor)
+    start = time.perf_counter()
+    result = trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_metrics("eval", trainer.evaluate())
+    trainer.save_metrics("test", trainer.evaluate(test, metric_key_prefix="test"))
+    write_run_info(out, start, dataset="toy")
+    return out, test
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A toy EP char-LM run directory (slow EPCharTokenizer saved beside it, as examples/train_char_lm.py does)."""
+    out = tmp_path_factory.mktemp("runs") / "toy_char_lm"
+    text = "to be or not to be, that is the question.\n" * 40
+    tokenizer = EPCharTokenizer.from_texts([text], str(out))
+    ids = np.asarray(tokenizer.convert_tokens_to_ids(list(text)), dtype=np.int64)
+    blocks = ids[: len(ids) // 16 * 16].reshape(-1, 16)
+    data = Dataset.from_dict({"input_ids": blocks, "labels": blocks}).with_format("torch")
+    torch.manual_seed(0)
+    config = EPCharTransformerConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=16, hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=2, pad_token_id=tokenizer.pad_token_id)
+    args = toy_args(out.parent, output_dir=str(out), max_steps=8, learning_rate=3e-3, eval_strategy="steps",
+                    eval_steps=4, logging_steps=2, ep_beta=0.03)
+    trainer = EPTrainer(model=EPCharTransformerForCausalLM(config), args=args, train_dataset=data, eval_dataset=data)
+    start = time.perf_counter()
+    trainer.train()
+    trainer.save_model()
+    tokenizer.save_pretrained(str(out))
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    metrics["eval_bits_per_char"] = metrics["eval_loss"] / math.log(2)
+    trainer.save_metrics("eval", metrics)
+    (out / "samples.txt").write_text("to be or not\n")
+    write_run_info(out, start, dataset="shakespeare")
+    return out, tokenizer
+
+
+def save_pngs(dataset: Dataset, directory: Path) -> list[Image.Image]:
+    """The eval images as PNG files ``<index>_<label>.png`` (uint8 = pixel * 255, exact) and as PIL images."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images = []
+    rows = dataset[:]
+    for i, (x, y) in enumerate(zip(rows["pixel_values"], rows["labels"])):
+        image = Image.fromarray(np.round(x.numpy().reshape(8, 8) * 255).astype(np.uint8), "L")
+        image.save(directory / f"{i}_{int(y)}.png")
+        images.append(image)
+    return images
+
+
+def run_without_mep_hf(*args: str, env: dict | None = None) -> dict:
+    """Run the no-mep_hf user script in a fresh interpreter (cwd outside the repository) and parse its JSON line."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, **(env or {}))
+    proc = subprocess.run([sys.executable, str(WITHOUT_MEP_HF), *args], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(), env=full_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result printed; stdout: {proc.stdout[-2000:]!r} stderr: {proc.stderr[-2000:]!r}"
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- image processor, tokenizer
+@pytest.mark.parametrize("divisor", [255, 256])
+def test_image_processor_reproduces_dataset_pixels(divisor):
+    """Every uint8 value comes out as the loaders store it (float32 ``uint8 / divisor``), from L and RGB images."""
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    processor = EPImageProcessor(rescale_factor=1 / divisor, size={"height": 16, "width": 16})
+    expected = values.astype(np.float32) / divisor
+    for image in (Image.fromarray(values, "L"), Image.fromarray(values, "L").convert("RGB")):
+        out = processor(image, return_tensors="np")["pixel_values"]
+        assert out.shape == (1, 1, 16, 16) and out.dtype == np.float32
+        assert np.array_equal(out[0, 0], expected)
+
+
+def test_image_processor_rgb_and_resize():
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    processor = EPImageProcessor(num_channels=3, size={"height": 32, "width": 32})
+    out = processor(Image.fromarray(rgb, "RGB"), return_tensors="np")["pixel_values"][0]
+    assert np.array_equal(out, rgb.transpose(2, 0, 1).astype(np.float32) / 255)
+    big = processor(Image.fromarray(rgb, "RGB").resize((64, 48)), return_tensors="np")["pixel_values"]
+    assert big.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="num_channels"):
+        EPImageProcessor(num_channels=2)
+
+
+def test_fast_char_tokenizer_matches_slow(tmp_path):
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\tÆ<pad>"
+    slow = EPCharTokenizer.from_texts([text[:-6]], str(tmp_path))
+    fast = char_tokenizer_fast_from(slow)
+    probe = text + " unseen: ¿ñ?\n"
+    assert fast(probe)["input_ids"] == slow(probe)["input_ids"]
+    assert fast.decode(fast(text[:-6])["input_ids"]) == text[:-6]
+
+
+# --------------------------------------------------------------------------- remote code
+@pytest.mark.parametrize(
+    "objects",
+    [
+        [EPMLPConfig, EPMLPForImageClassification, EPImageProcessor],
+        [EPConvNetConfig, EPConvNetForImageClassification],
+        [EPCharTransformerConfig, EPCharTransformerForCausalLM],
+    ],
+    ids=["mlp", "convnet", "char_transformer"],
+)
+def test_flat_remote_code_imports_no_mep_hf(objects):
+    import ast
+
+    sources = flatten_sources(objects)
+    assert set(sources) == {o.__module__.rpartition(".")[2] + ".py" for o in objects}
+    for name, text in sources.items():
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level in (0, 1) and not (node.module or "").startswith("mep_hf"), (name, node.module)
+                if node.level == 1:  # only siblings that are generated too
+                    assert node.module + ".py" in sources
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("mep_hf") for a in node.names)
+        assert "def ep_linearize" not in text
+    for obj in objects:
+        assert f"class {obj.__name__}(" in sources[obj.__module__.rpartition(".")[2] + ".py"]
+
+
+def test_flat_model_matches_mep_hf_model(tmp_path):
+    from mep_hf.hub.remote_code import flat_classes
+
+    torch.manual_seed(0)
+    config = EPConvNetConfig(num_channels=1, image_size=8, channels=[4], num_labels=3)
+    model = EPConvNetForImageClassification(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    flat = flat_classes([EPConvNetConfig, EPConvNetForImageClassification], tmp_path / "flat")
+    twin = flat[EPConvNetForImageClassification].from_pretrained(tmp_path / "m").eval()
+    assert type(twin) is not EPConvNetForImageClassification
+    x = torch.rand(5, 64)
+    assert torch.equal(model(pixel_values=x).logits, twin(pixel_values=x).logits)
+
+
+# --------------------------------------------------------------------------- package -> publish -> pull -> use
+def test_package_publish_pull_and_use(hub, image_run, tmp_path):
+    import mep_hf  # noqa: F401  (with mep_hf installed: no remote code needed)
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    run, test = image_run
+    zoo = tmp_path / "model_zoo" / "toy_mlp"
+    assert zoo_cli(["package", str(run), str(zoo), "--repo_id", "zoo-org/toy_mlp"]) == 0
+    assert zoo_cli(["publish", str(zoo), "zoo-org/toy_mlp"]) == 0
+    served = hub.files("zoo-org/toy_mlp")
+    assert {p.name for p in zoo.iterdir()} == set(served)
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_ep_mlp.py",
+            "configuration_ep_mlp.py", "image_processing_ep.py", "training_curve.png"} <= set(served)
+
+    cache = tmp_path / "empty_cache"
+    assert zoo_cli(["pull", "zoo-org/toy_mlp", "--cache_dir", str(cache)]) == 0
+    snapshot = next(cache.glob("models--zoo-org--toy_mlp/snapshots/*"))
+    assert {p.name for p in snapshot.iterdir()} == set(served)
+
+    card_accuracy = ModelCard.load("zoo-org/toy_mlp").data.eval_results[0]
+    assert (card_accuracy.dataset_split, card_accuracy.metric_type) == ("test", "accuracy")
+    saved = json.loads((run / "test_results.json").read_text())["test_accuracy"]
+    assert card_accuracy.metric_value == saved and 0.3 < saved < 1.0
+
+    model = AutoModelForImageClassification.from_pretrained("zoo-org/toy_mlp", cache_dir=cache)
+    processor = AutoImageProcessor.from_pretrained("zoo-org/toy_mlp", cache_dir=cache)
+    images = save_pngs(test, tmp_path / "pngs")
+    with torch.no_grad():
+        logits = model(**processor(images, return_tensors="pt")).logits
+    labels = test[:]["labels"]
+    assert (logits.argmax(-1) == labels).sum().item() / len(labels) == saved
+
+    classify = pipeline("image-classification", model="zoo-org/toy_mlp", model_kwargs={"cache_dir": cache})
+    predictions = [out[0]["label"] for out in classify(images, top_k=1)]
+    truth = [model.config.id2label[int(y)] for y in labels]
+    assert sum(p == t for p, t in zip(predictions, truth)) / len(truth) == card_accuracy.metric_value
+
+
+def test_zoo_models_load_without_mep_hf(hub, image_run, text_run, tmp_path):
+    """A process where `import mep_hf` fails loads the zoo repos from the Hub with trust_remote_code=True:
+    pipeline("image-classification") reproduces the card's accuracy, pipeline("text-generation") generates what
+    the mep_hf model generates."""
+    (run, test), (char_run, slow_tokenizer) = image_run, text_run
+    for name, src in (("toy_mlp", run), ("toy_char_lm", char_run)):
+        zoo = tmp_path / "model_zoo" / name
+        zoo_cli(["package", str(src), str(zoo), "--repo_id", f"zoo-org/{name}"])
+        zoo_cli(["publish", str(zoo), f"zoo-org/{name}"])
+    save_pngs(test, tmp_path / "pngs")
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "fresh_hf_home")}
+
+    result = run_without_mep_hf("image", "zoo-org/toy_mlp", str(tmp_path / "pngs"), env=env)
+    card = ModelCard.load(tmp_path / "model_zoo" / "toy_mlp" / "README.md")
+    assert result["mep_hf_imported"] is False
+    assert result["model_class"].startswith("transformers_modules.")
+    assert result["processor_class"] == "EPImageProcessor"
+    assert (result["n"], result["accuracy"]) == (len(test), card.data.eval_results[0].metric_value)
+
+    prompt = "to be or"
+    result = run_without_mep_hf("text", "zoo-org/toy_char_lm", prompt, "12", env=env)
+    assert result["mep_hf_imported"] is False and result["tokenizer_class"] in ("TokenizersBackend",
+                                                                                 "PreTrainedTokenizerFast")
+    model = EPCharTransformerForCausalLM.from_pretrained(char_run).eval()
+    ids = torch.tensor([slow_tokenizer(prompt)["input_ids"]])
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                              pad_token_id=slow_tokenizer.pad_token_id)
+    assert result["ids"] == expected[0].tolist()
+    assert result["text"] == slow_tokenizer.decode(expected[0])
+    assert result["text"].startswith(prompt) and len(result["text"]) == len(prompt) + 12
+
+
+def test_loads_from_a_folder_without_mep_hf(image_run, tmp_path):
+    """Also offline, from the zoo folder itself (no Hub): the remote code is in the folder."""
+    run, test = image_run
+    zoo = tmp_path / "toy_mlp"
+    zoo_cli(["package", str(run), str(zoo)])
+    save_pngs(test, tmp_path / "pngs")
+    result = run_without_mep_hf("image", str(zoo), str(tmp_path / "pngs"),
+                                env={"HF_HOME": str(tmp_path / "hf_home")})
+    expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
+    assert (result["accuracy"], result["mep_hf_imported"]) == (expected, False)
+
+
+# --------------------------------------------------------------------------- the card
+def test_card_reads_the_run(image_run, tmp_path):
+    run, _ = image_run
+    zoo = tmp_path / "toy_mlp"
+    zoo_cli(["package", str(run), str(zoo)])
+    card = ModelCard.load(zoo / "README.md")
+    test = json.loads((run / "test_results.json").read_text())
+    validation = json.loads((run / "eval_results.json").read_text())
+    results = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results == {("test", "accuracy"): test["test_accuracy"], ("validation", "accuracy"): validation["eval_accuracy"]}
+    assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "image-classification"
+    assert {"mep-hf", "equilibrium-propagation"} <= set(card.data.tags)
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["command"] in card.text and card.data.mep_hf["command"] == info["command"]
+    assert "test CPU" in card.text and f"{info['train_seconds']:.1f} s" in card.text
+    args = read_pickled_args(run / "training_args.bin")
+    for key, value in ep_settings(args).items():
+        assert f"| `{key}` |" in card.text
+    assert "| `ep_beta` | 0.01 |" in card.text and "| `ep_nudging` | positive |" in card.text
+    assert "![training curve](training_curve.png)" in card.text
+    assert (zoo / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((zoo / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_ep_mlp.EPMLPConfig",
+                                  "AutoModelForImageClassification": "modeling_ep_mlp.EPMLPForImageClassification"}
+    processor = json.loads((zoo / "preprocessor_config.json").read_text())
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_ep.EPImageProcessor"}
+
+
+def test_char_lm_card_and_baseline(text_run, tmp_path):
+    run, _ = text_run
+    zoo = tmp_path / "toy_char_lm"
+    zoo_cli(["package", str(run), str(zoo), "--baseline", str(run)])
+    card = ModelCard.load(zoo / "README.md")
+    bits = json.loads((run / "eval_results.json").read_text())["eval_bits_per_char"]
+    assert card.data.eval_results[0].metric_type == "bits_per_char"
+    assert card.data.eval_results[0].metric_value == bits
+    assert "## Samples" in card.text and "to be or not" in card.text
+    assert "## Compared with backprop" in card.text and "+0.00%" in card.text
+    assert (zoo / "tokenizer.json").is_file() and json.loads((zoo / "config.json").read_text())["auto_map"][
+        "AutoModelForCausalLM"] == "modeling_ep_char_transformer.EPCharTransformerForCausalLM"
+
+
+def test_package_refuses_incomplete_runs(image_run, tmp_path):
+    import shutil
+
+    from mep_hf.hub import RunDirError, ZooError
+
+    run, _ = image_run
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "run_info.json").unlink()
+    with pytest.raises(RunDirError, match="run_info.json"):
+        zoo_cli(["package", str(broken), str(tmp_path / "z1")])
+    zoo = tmp_path / "z2"
+    zoo_cli(["package", str(run), str(zoo)])
+    with pytest.raises(ZooError, match="not empty"):
+        zoo_cli(["package", str(run), str(zoo)])
+
+
+def test_training_args_are_read_without_running_pickled_code(image_run, tmp_path):
+    run, _ = image_run
+    args = read_pickled_args(run / "training_args.bin")
+    assert (args["ep_beta"], args["ep_nudging"], args["max_steps"]) == (0.01, "positive", 12)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps({"ep_beta": Evil()}))
+    read_pickled_args(tmp_path / "evil.bin")
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- EPTrainer on the Hub
+def ep_trainer_class():
+    """EPTrainer with the EP model card (the mixin is already in EPTrainer once the lead wires it in)."""
+    if issubclass(EPTrainer, EPModelCardMixin):
+        return EPTrainer
+    return type("EPTrainer", (EPModelCardMixin, EPTrainer), {})
+
+
+def test_trainer_pushes_checkpoints_and_an_ep_card(hub, tmp_path):
+    from conftest import toy_images
+
+    args = toy_args(tmp_path, max_steps=10, save_strategy="steps", save_steps=5, push_to_hub=True,
+                    hub_model_id="toy-push", hub_strategy="checkpoint", hub_always_push=True)
+    trainer = ep_trainer_class()(model=toy_model(), args=args, train_dataset=toy_images(160))
+    trainer.train()
+    trainer.push_to_hub()  # waits for the checkpoint pushes still in flight, then pushes the final model + card
+    repo = f"{hub.user}/toy-push"
+    files = hub.files(repo)
+    assert {"last-checkpoint/model.safetensors", "last-checkpoint/trainer_state.json",
+            "last-checkpoint/optimizer.pt", "model.safetensors", "config.json", "README.md"} <= set(files)
+    assert json.loads(files["last-checkpoint/trainer_state.json"])["global_step"] == 10
+    history = hub.history(repo)
+    assert "Training in progress, step 5, checkpoint" in history and history[-1] == "End of training"
+    card = files["README.md"].decode()
+    assert "equilibrium-propagation" in card and "### Equilibrium Propagation" in card
+    assert "| `ep_beta` | 0.01 |" in card and "| `ep_settle_steps` | 1 |" in card
+    assert "trained from scratch by Equilibrium Propagation on an unknown dataset" in card
+
+
+def test_ep_card_section_replaces_an_older_one():
+    from mep_hf.hub import add_ep_section
+
+    text = "# m\n\nThis model was trained from scratch on an unknown dataset.\n\n### Framework versions\n\n- x\n"
+    once = add_ep_section(text, {"ep_beta": 0.1, "ep_nudging": "centered"})
+    twice = add_ep_section(once, {"ep_beta": 0.2, "ep_nudging": "centered"})
+    assert twice.count("### Equilibrium Propagation") == 1 and "| `ep_beta` | 0.2 |" in twice
+    assert twice.index("### Equilibrium Propagation") < twice.index("### Framework versions")
+
+
+# --------------------------------------------------------------------------- the zoo index
+def test_index_is_generated_from_the_cards(image_run, tmp_path):
+    run, _ = image_run
+    root = tmp_path / "model_zoo"
+    zoo_cli(["package", str(run), str(root / "toy_mlp")])
+    zoo_cli(["plan", str(root / "cifar10_convnet"), "--dataset", "cifar10", "--model", "conv net",
+             "--command", "python train.py --dataset cifar10", "--reason", "no CIFAR-10 copy is reachable"])
+    (root / "README.md").write_text("# Zoo\n\n<!-- zoo-index: generated by `mep-hf-zoo index`; do not edit between "
+                                    "these markers -->\n<!-- /zoo-index -->\n\nfooter\n")
+    assert zoo_cli(["index", str(root), "--check"]) == 1
+    assert zoo_cli(["index", str(root)]) == 0 and zoo_cli(["index", str(root), "--check"]) == 0
+    text = (root / "README.md").read_text()
+    expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
+    assert f"test accuracy {expected:.4f}" in text
+    assert "not trained: no CIFAR-10 copy is reachable" in text and text.endswith("footer\n")
+    card = ModelCard.load(root / "toy_mlp" / "README.md")
+    card.data.eval_results[0].metric_value = 0.5  # a card changes -> the index is stale
+    card.save(root / "toy_mlp" / "README.md")
+    assert zoo_cli(["index", str(root), "--check"]) == 1
+
+
+def test_repository_zoo_index_is_current():
+    assert write_index(ROOT / "model_zoo", check=True), "model_zoo/README.md is stale: run `mep-hf-zoo index`"
