@@ -27,6 +27,7 @@ from hub_server import HubServer, use_endpoint
 from mep_hf import EPTrainer
 from mep_hf.hub import (
     EPModelCardMixin,
+    EPRemoteCodeMixin,
     ep_settings,
     flatten_sources,
     read_pickled_args,
@@ -154,8 +155,15 @@ def save_pngs(dataset: Dataset, directory: Path) -> list[Image.Image]:
     return images
 
 
-def run_without_mep_hf(*args: str, env: dict | None = None) -> dict:
-    """Run the no-mep_hf user script in a fresh interpreter (cwd outside the repository) and parse its JSON line."""
+def pixels_sha256(dataset: Dataset) -> str:
+    """Digest of a dataset's pixel_values as float32 bytes (the no-mep_hf script prints the same of its inputs)."""
+    import hashlib
+
+    return hashlib.sha256(dataset[:]["pixel_values"].numpy().astype(np.float32).tobytes()).hexdigest()
+
+
+def run_without_mep_hf(*args: str, env: dict | None = None) -> list[dict]:
+    """Run the no-mep_hf user script in a fresh interpreter (cwd outside the repository); its JSON lines, parsed."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, **(env or {}))
     proc = subprocess.run([sys.executable, str(WITHOUT_MEP_HF), *args], capture_output=True, text=True,
@@ -163,7 +171,7 @@ def run_without_mep_hf(*args: str, env: dict | None = None) -> dict:
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result printed; stdout: {proc.stdout[-2000:]!r} stderr: {proc.stderr[-2000:]!r}"
-    return json.loads(lines[-1])
+    return [json.loads(line) for line in lines]
 
 
 # --------------------------------------------------------------------------- image processor, tokenizer
@@ -269,8 +277,10 @@ def test_package_publish_pull_and_use(hub, image_run, tmp_path):
     model = AutoModelForImageClassification.from_pretrained("zoo-org/toy_mlp", cache_dir=cache)
     processor = AutoImageProcessor.from_pretrained("zoo-org/toy_mlp", cache_dir=cache)
     images = save_pngs(test, tmp_path / "pngs")
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixels.reshape(len(images), -1), test[:]["pixel_values"].reshape(len(images), -1))
     with torch.no_grad():
-        logits = model(**processor(images, return_tensors="pt")).logits
+        logits = model(pixel_values=pixels).logits
     labels = test[:]["labels"]
     assert (logits.argmax(-1) == labels).sum().item() / len(labels) == saved
 
@@ -292,15 +302,17 @@ def test_zoo_models_load_without_mep_hf(hub, image_run, text_run, tmp_path):
     save_pngs(test, tmp_path / "pngs")
     env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "fresh_hf_home")}
 
-    result = run_without_mep_hf("image", "zoo-org/toy_mlp", str(tmp_path / "pngs"), env=env)
+    prompt = "to be or"
+    result, generated = run_without_mep_hf("image", "zoo-org/toy_mlp", str(tmp_path / "pngs"),
+                                           "text", "zoo-org/toy_char_lm", prompt, "12", env=env)
     card = ModelCard.load(tmp_path / "model_zoo" / "toy_mlp" / "README.md")
     assert result["mep_hf_imported"] is False
     assert result["model_class"].startswith("transformers_modules.")
     assert result["processor_class"] == "EPImageProcessor"
     assert (result["n"], result["accuracy"]) == (len(test), card.data.eval_results[0].metric_value)
+    assert result["pixels_sha256"] == pixels_sha256(test)  # the remote processor gives the data's exact pixels
 
-    prompt = "to be or"
-    result = run_without_mep_hf("text", "zoo-org/toy_char_lm", prompt, "12", env=env)
+    result = generated
     assert result["mep_hf_imported"] is False and result["tokenizer_class"] in ("TokenizersBackend",
                                                                                  "PreTrainedTokenizerFast")
     model = EPCharTransformerForCausalLM.from_pretrained(char_run).eval()
@@ -312,16 +324,24 @@ def test_zoo_models_load_without_mep_hf(hub, image_run, text_run, tmp_path):
     assert result["text"].startswith(prompt) and len(result["text"]) == len(prompt) + 12
 
 
-def test_loads_from_a_folder_without_mep_hf(image_run, tmp_path):
-    """Also offline, from the zoo folder itself (no Hub): the remote code is in the folder."""
+def test_saved_run_loads_without_mep_hf_after_add_remote_code(image_run, tmp_path):
+    """Any saved folder, not only zoo ones: add_remote_code makes a run directory load offline, from the folder,
+    with trust_remote_code=True where mep_hf cannot be imported."""
+    import shutil
+
+    from mep_hf.hub import add_remote_code
+
     run, test = image_run
-    zoo = tmp_path / "toy_mlp"
-    zoo_cli(["package", str(run), str(zoo)])
+    folder = tmp_path / "run_copy"
+    shutil.copytree(run, folder)
+    written = add_remote_code(folder, EPMLPForImageClassification.from_pretrained(run),
+                              EPImageProcessor.from_pretrained(run))
+    assert written == ["configuration_ep_mlp.py", "image_processing_ep.py", "modeling_ep_mlp.py"]
     save_pngs(test, tmp_path / "pngs")
-    result = run_without_mep_hf("image", str(zoo), str(tmp_path / "pngs"),
-                                env={"HF_HOME": str(tmp_path / "hf_home")})
+    (result,) = run_without_mep_hf("image", str(folder), str(tmp_path / "pngs"), env={"HF_HOME": str(tmp_path / "hf")})
     expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
     assert (result["accuracy"], result["mep_hf_imported"]) == (expected, False)
+    assert result["pixels_sha256"] == pixels_sha256(test)
 
 
 # --------------------------------------------------------------------------- the card
@@ -401,10 +421,9 @@ def test_training_args_are_read_without_running_pickled_code(image_run, tmp_path
 
 # --------------------------------------------------------------------------- EPTrainer on the Hub
 def ep_trainer_class():
-    """EPTrainer with the EP model card (the mixin is already in EPTrainer once the lead wires it in)."""
-    if issubclass(EPTrainer, EPModelCardMixin):
-        return EPTrainer
-    return type("EPTrainer", (EPModelCardMixin, EPTrainer), {})
+    """EPTrainer with the Hub mixins (already in EPTrainer's bases once they are wired in there)."""
+    missing = tuple(m for m in (EPModelCardMixin, EPRemoteCodeMixin) if not issubclass(EPTrainer, m))
+    return type("EPTrainer", (*missing, EPTrainer), {}) if missing else EPTrainer
 
 
 def test_trainer_pushes_checkpoints_and_an_ep_card(hub, tmp_path):
@@ -420,6 +439,10 @@ def test_trainer_pushes_checkpoints_and_an_ep_card(hub, tmp_path):
     assert {"last-checkpoint/model.safetensors", "last-checkpoint/trainer_state.json",
             "last-checkpoint/optimizer.pt", "model.safetensors", "config.json", "README.md"} <= set(files)
     assert json.loads(files["last-checkpoint/trainer_state.json"])["global_step"] == 10
+    for folder in ("", "last-checkpoint/"):  # EPRemoteCodeMixin: every saved folder carries its code
+        assert {f"{folder}modeling_ep_mlp.py", f"{folder}configuration_ep_mlp.py"} <= set(files)
+        assert json.loads(files[f"{folder}config.json"])["auto_map"]["AutoModelForImageClassification"] == \
+            "modeling_ep_mlp.EPMLPForImageClassification"
     history = hub.history(repo)
     assert "Training in progress, step 5, checkpoint" in history and history[-1] == "End of training"
     card = files["README.md"].decode()

@@ -3,23 +3,26 @@ and the self-contained remote code that lets zoo models load with ``trust_remote
 
 * :class:`EPModelCardMixin`, :func:`ep_settings`: the Trainer's own card names every EP setting.
 * :func:`package`, :func:`publish`, :func:`pull`, :func:`write_index`: the ``mep-hf-zoo`` command (``cli.py``).
-* :func:`flatten_sources`: mep_hf classes as flat files importing no mep_hf module (``remote_code.py``).
+* :func:`flatten_sources`: mep_hf classes as flat files importing no mep_hf module (``remote_code.py``);
+  :func:`add_remote_code` / :class:`EPRemoteCodeMixin` put them (and ``auto_map``) in any saved folder.
 """
 
 from .cards import EP_TAGS, EPModelCardMixin, add_ep_section, ep_settings
-from .remote_code import FlattenError, flatten_sources
+from .remote_code import EPRemoteCodeMixin, FlattenError, add_remote_code, flatten_sources
 from .runs import Run, RunDirError, read_pickled_args
 from .zoo import ZOO_DATASETS, ZooError, package, plan, publish, pull, render_index, write_index
 
 __all__ = [
     "EP_TAGS",
     "EPModelCardMixin",
+    "EPRemoteCodeMixin",
     "FlattenError",
     "Run",
     "RunDirError",
     "ZOO_DATASETS",
     "ZooError",
     "add_ep_section",
+    "add_remote_code",
     "ep_settings",
     "flatten_sources",
     "package",

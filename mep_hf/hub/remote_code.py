@@ -335,3 +335,67 @@ def flat_classes(objects: list[type], directory: str | Path | None = None) -> di
     directory = directory or tempfile.mkdtemp(prefix="mep_hf_remote_")
     package = import_flat_sources(sources, directory)
     return {o: getattr(getattr(package, o.__module__.rpartition(".")[2]), o.__name__) for o in objects}
+
+
+# transformers' naming: <Model>For<Task> -> the Auto class that loads it
+AUTO_CLASS_OF_SUFFIX = {
+    "ForImageClassification": "AutoModelForImageClassification",
+    "ForCausalLM": "AutoModelForCausalLM",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+}
+
+
+def auto_class_name(model_class: type) -> str:
+    for suffix, auto in AUTO_CLASS_OF_SUFFIX.items():
+        if model_class.__name__.endswith(suffix):
+            return auto
+    raise FlattenError(f"no Auto class known for {model_class.__name__} (suffixes: {', '.join(AUTO_CLASS_OF_SUFFIX)})")
+
+
+def _entry(cls: type) -> str:
+    return f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}"
+
+
+def add_remote_code(save_directory: str | Path, model, image_processor=None) -> list[str]:
+    """Make a folder that ``model.save_pretrained`` (and ``image_processor.save_pretrained``) wrote loadable with
+    ``trust_remote_code=True`` where mep_hf is not installed: write the flat code next to the weights and add the
+    ``auto_map`` entries transformers' ``register_for_auto_class`` would write. Returns the files written.
+
+    The zoo's ``package`` goes through ``register_for_auto_class`` itself; this is the same result for any saved
+    folder (a Trainer's ``output_dir``, its checkpoints: see :class:`EPRemoteCodeMixin`)."""
+    import json
+
+    save_directory = Path(save_directory)
+    config_class, model_class = type(model.config), type(model)
+    objects = [config_class, model_class] + ([type(image_processor)] if image_processor is not None else [])
+    sources = flatten_sources(objects)
+    for name, text in sources.items():
+        (save_directory / name).write_text(text, encoding="utf-8")
+    entries = {"config.json": {"AutoConfig": _entry(config_class), auto_class_name(model_class): _entry(model_class)}}
+    if image_processor is not None:
+        entries["preprocessor_config.json"] = {"AutoImageProcessor": _entry(type(image_processor))}
+    for file, auto_map in entries.items():
+        path = save_directory / file
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["auto_map"] = {**data.get("auto_map", {}), **auto_map}
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return sorted(sources)
+
+
+class EPRemoteCodeMixin:
+    """``Trainer._save`` + :func:`add_remote_code`: every folder the trainer saves (``save_model``, checkpoints, the
+    folder ``push_to_hub`` uploads) carries the flat code of its mep_hf model, so it loads with
+    ``trust_remote_code=True`` without mep_hf. Models not defined in ``mep_hf.models`` are left as they are.
+
+    Mix it in before ``Trainer``: ``class EPTrainer(EPRemoteCodeMixin, ..., Trainer)``."""
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and type(model).__module__.startswith(f"{PACKAGE}.models."):
+            from transformers.image_processing_utils import BaseImageProcessor
+
+            processor = self.processing_class  # tokenizers ship no code (a fast one is a plain tokenizer.json)
+            if not (isinstance(processor, BaseImageProcessor) and type(processor).__module__.startswith(PACKAGE)):
+                processor = None
+            add_remote_code(output_dir if output_dir is not None else self.args.output_dir, model, processor)

@@ -73,13 +73,12 @@ class TaskSpec:
     task: str  # pipeline tag
     auto_class: str
     metrics: tuple[str, ...]  # saved metrics (after the split prefix) the card reports, in order
-    lower_is_better: bool = False
 
 
 # keyed by the model class name's suffix (transformers' naming: <Model>For<Task>)
 TASKS = {
     "ForImageClassification": TaskSpec("image-classification", "AutoModelForImageClassification", ("accuracy",)),
-    "ForCausalLM": TaskSpec("text-generation", "AutoModelForCausalLM", ("bits_per_char", "loss"), True),
+    "ForCausalLM": TaskSpec("text-generation", "AutoModelForCausalLM", ("bits_per_char", "loss")),
 }
 
 

@@ -5,12 +5,13 @@ transformers runs (``trust_remote_code=True``). Prints one JSON line with what i
     python use_zoo_without_mep_hf.py text <folder or repo id> <prompt> <new tokens>
 
 ``image``: ``pipeline("image-classification")`` on every PNG (PIL images); prints the accuracy against the label
-ids in the file names. ``text``: ``AutoTokenizer`` (no remote code) + ``pipeline("text-generation")``, greedy;
-prints the text and the generated ids.
+ids in the file names, and a digest of the processor's pixel_values. ``text``: ``AutoTokenizer`` (no remote code) + ``pipeline("text-generation")``, greedy;
+prints the text and the generated ids. Several jobs can follow each other on one command line (one JSON line each).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.abc
 import json
 import sys
@@ -40,8 +41,10 @@ def image(model: str, images_dir: str) -> dict:
     labels = [classify.model.config.id2label[int(f.stem.split("_")[1])] for f in files]
     predictions = [out[0]["label"] for out in classify(images, top_k=1)]
     correct = sum(p == t for p, t in zip(predictions, labels))
+    pixels = classify.image_processor(images, return_tensors="np")["pixel_values"].astype("float32")
     return {"accuracy": correct / len(files), "n": len(files), "model_class": type(classify.model).__module__,
-            "processor_class": type(classify.image_processor).__name__}
+            "processor_class": type(classify.image_processor).__name__,
+            "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
 
 
 def text(model: str, prompt: str, new_tokens: str) -> dict:
@@ -56,8 +59,13 @@ def text(model: str, prompt: str, new_tokens: str) -> dict:
             "tokenizer_class": type(tokenizer).__name__, "model_class": type(generate.model).__module__}
 
 
+JOBS = {"image": (image, 2), "text": (text, 3)}
+
 if __name__ == "__main__":
-    kind, *rest = sys.argv[1:]
-    result = {"image": image, "text": text}[kind](*rest)
-    result["mep_hf_imported"] = any(m == "mep_hf" or m.startswith("mep_hf.") for m in sys.modules)
-    print(json.dumps(result))
+    args = sys.argv[1:]
+    while args:  # several jobs in one process: ``image <model> <dir> text <model> <prompt> <n>``
+        job, arity = JOBS[args[0]]
+        result = job(*args[1 : 1 + arity])
+        args = args[1 + arity :]
+        result["mep_hf_imported"] = any(m == "mep_hf" or m.startswith("mep_hf.") for m in sys.modules)
+        print(json.dumps(result))
