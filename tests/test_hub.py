@@ -9,9 +9,6 @@ import json
 import math
 import os
 import pickle
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from mep_hf.hub import (
     read_pickled_args,
     write_index,
 )
+from mep_hf.hub import zoo
 from mep_hf.hub.cli import main as zoo_cli
 from mep_hf.models import (
     EPCharTokenizer,
@@ -48,7 +46,6 @@ from mep_hf.models.image_processing_ep import EPImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_test_token"
-WITHOUT_MEP_HF = ROOT / "tests" / "scripts" / "use_zoo_without_mep_hf.py"
 
 
 # --------------------------------------------------------------------------- fixtures: a Hub, toy runs
@@ -163,15 +160,8 @@ def pixels_sha256(dataset: Dataset) -> str:
 
 
 def run_without_mep_hf(*args: str, env: dict | None = None) -> list[dict]:
-    """Run the no-mep_hf user script in a fresh interpreter (cwd outside the repository); its JSON lines, parsed."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, **(env or {}))
-    proc = subprocess.run([sys.executable, str(WITHOUT_MEP_HF), *args], capture_output=True, text=True,
-                          cwd=tempfile.gettempdir(), env=full_env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no result printed; stdout: {proc.stdout[-2000:]!r} stderr: {proc.stderr[-2000:]!r}"
-    return [json.loads(line) for line in lines]
+    """mep_hf/hub/without_mep_hf.py in a fresh interpreter where mep_hf cannot be imported; one dict per job."""
+    return zoo.run_without_mep_hf(*args, env={"OMP_NUM_THREADS": "1", **(env or {})}, timeout=300)
 
 
 # --------------------------------------------------------------------------- image processor, tokenizer
@@ -303,7 +293,7 @@ def test_zoo_models_load_without_mep_hf(hub, image_run, text_run, tmp_path):
     env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "fresh_hf_home")}
 
     prompt = "to be or"
-    result, generated = run_without_mep_hf("image", "zoo-org/toy_mlp", str(tmp_path / "pngs"),
+    result, generated = run_without_mep_hf("image", "zoo-org/toy_mlp", str(tmp_path / "pngs"), "64",
                                            "text", "zoo-org/toy_char_lm", prompt, "12", env=env)
     card = ModelCard.load(tmp_path / "model_zoo" / "toy_mlp" / "README.md")
     assert result["mep_hf_imported"] is False
@@ -338,7 +328,8 @@ def test_saved_run_loads_without_mep_hf_after_add_remote_code(image_run, tmp_pat
                               EPImageProcessor.from_pretrained(run))
     assert written == ["configuration_ep_mlp.py", "image_processing_ep.py", "modeling_ep_mlp.py"]
     save_pngs(test, tmp_path / "pngs")
-    (result,) = run_without_mep_hf("image", str(folder), str(tmp_path / "pngs"), env={"HF_HOME": str(tmp_path / "hf")})
+    (result,) = run_without_mep_hf("image", str(folder), str(tmp_path / "pngs"), "1",
+                                   env={"HF_HOME": str(tmp_path / "hf")})
     expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
     assert (result["accuracy"], result["mep_hf_imported"]) == (expected, False)
     assert result["pixels_sha256"] == pixels_sha256(test)

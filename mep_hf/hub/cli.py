@@ -3,6 +3,7 @@
     mep-hf-zoo package runs/zoo/mnist_mlp model_zoo/mnist_mlp      # run dir -> complete Hub repo folder
     mep-hf-zoo publish model_zoo/mnist_mlp <user-or-org>/mnist_mlp # create_repo + upload_folder (HF_TOKEN / hf auth login)
     mep-hf-zoo pull <user-or-org>/mnist_mlp [dir]                  # snapshot_download
+    mep-hf-zoo verify model_zoo/mnist_mlp                          # card accuracy == pipeline() without mep_hf
     mep-hf-zoo index model_zoo [--check]                           # model_zoo/README.md table from the cards
     mep-hf-zoo plan model_zoo/cifar10_convnet --dataset cifar10 --model ... --command ... --reason ...
 
@@ -12,6 +13,7 @@ The Hub endpoint is huggingface_hub's (``HF_ENDPOINT``, default https://huggingf
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", help="Hub cache directory (default: HF_HUB_CACHE)")
     p.add_argument("--token")
 
+    p = sub.add_parser("verify", help="reproduce an image card's accuracy with pipeline() in a process without mep_hf")
+    p.add_argument("zoo_dir")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch_size", type=int, default=1000)
+    p.add_argument("--limit", type=int, help="only the first N examples (a smoke test: no comparison)")
+
     p = sub.add_parser("index", help="regenerate <zoo_root>/README.md's table from the cards")
     p.add_argument("zoo_root", nargs="?", default="model_zoo")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when the index is out of date")
@@ -71,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "pull":
         print(zoo.pull(args.repo_id, args.local_dir, revision=args.revision, cache_dir=args.cache_dir,
                        token=args.token))
+    elif args.action == "verify":
+        result = zoo.verify(args.zoo_dir, split=args.split, batch_size=args.batch_size, limit=args.limit)
+        print(json.dumps(result))
     elif args.action == "index":
         if args.check:
             current = zoo.write_index(args.zoo_root, check=True)
