@@ -314,25 +314,44 @@ def test_zoo_models_load_without_mep_hf(hub, image_run, text_run, tmp_path):
     assert result["text"].startswith(prompt) and len(result["text"]) == len(prompt) + 12
 
 
-def test_saved_run_loads_without_mep_hf_after_add_remote_code(image_run, tmp_path):
-    """Any saved folder, not only zoo ones: add_remote_code makes a run directory load offline, from the folder,
-    with trust_remote_code=True where mep_hf cannot be imported."""
+def toy_dataset_dict():
+    """The toy run's data as a loader returns it (``verify`` loads the card's dataset by its loader's dotted path)."""
+    from datasets import DatasetDict
+
+    return DatasetDict(test=toy_uint8_images(96, seed=2))
+
+
+def test_verify_reproduces_the_card_without_mep_hf(image_run, tmp_path, monkeypatch):
+    """`mep-hf-zoo verify`: the card's test split as PNG files, pipeline() in a process without mep_hf."""
+    run, test = image_run
+    zoo_cli(["package", str(run), str(tmp_path / "toy_mlp")])
+    monkeypatch.setitem(zoo.ZOO_DATASETS, "toy", zoo.DatasetSpec(None, "toy", "test_hub.toy_dataset_dict", {}))
+    result = zoo.verify(tmp_path / "toy_mlp", batch_size=7)
+    expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
+    assert result["pipeline_accuracy"] == result["card_accuracy"] == expected
+    assert (result["n"], result["pixels_identical"], result["mep_hf_imported"]) == (len(test), True, False)
+
+
+def test_add_remote_code_makes_any_saved_folder_self_contained(image_run, tmp_path):
+    """add_remote_code on a run directory writes what register_for_auto_class + save_pretrained write in a zoo
+    folder: the same flat files and auto_map, so the folder loads like one (tested without mep_hf above)."""
     import shutil
 
     from mep_hf.hub import add_remote_code
 
-    run, test = image_run
+    run, _ = image_run
     folder = tmp_path / "run_copy"
     shutil.copytree(run, folder)
     written = add_remote_code(folder, EPMLPForImageClassification.from_pretrained(run),
                               EPImageProcessor.from_pretrained(run))
     assert written == ["configuration_ep_mlp.py", "image_processing_ep.py", "modeling_ep_mlp.py"]
-    save_pngs(test, tmp_path / "pngs")
-    (result,) = run_without_mep_hf("image", str(folder), str(tmp_path / "pngs"), "1",
-                                   env={"HF_HOME": str(tmp_path / "hf")})
-    expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
-    assert (result["accuracy"], result["mep_hf_imported"]) == (expected, False)
-    assert result["pixels_sha256"] == pixels_sha256(test)
+    zoo_cli(["package", str(run), str(tmp_path / "zoo")])
+    for name in [*written, "config.json", "preprocessor_config.json"]:
+        ours, packaged = (folder / name).read_text(), (tmp_path / "zoo" / name).read_text()
+        if name.endswith(".json"):
+            assert json.loads(ours)["auto_map"] == json.loads(packaged)["auto_map"]
+        else:
+            assert ours == packaged
 
 
 # --------------------------------------------------------------------------- the card
