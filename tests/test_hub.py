@@ -136,7 +136,7 @@ def text_run(tmp_path_factory):
     metrics["eval_bits_per_char"] = metrics["eval_loss"] / math.log(2)
     trainer.save_metrics("eval", metrics)
     (out / "samples.txt").write_text("to be or not\n")
-    write_run_info(out, start, dataset="shakespeare")
+    write_run_info(out, start, dataset="shakespeare", method="ep")
     return out, tokenizer
 
 
@@ -411,6 +411,12 @@ def test_package_refuses_incomplete_runs(image_run, tmp_path):
     zoo_cli(["package", str(run), str(zoo)])
     with pytest.raises(ZooError, match="not empty"):
         zoo_cli(["package", str(run), str(zoo)])
+    backprop = tmp_path / "backprop"
+    shutil.copytree(run, backprop)
+    info = json.loads((backprop / "run_info.json").read_text())
+    (backprop / "run_info.json").write_text(json.dumps({**info, "method": "backprop"}))
+    with pytest.raises(ZooError, match="trained by backprop, not EP"):
+        zoo_cli(["package", str(backprop), str(tmp_path / "z3")])
 
 
 def test_training_args_are_read_without_running_pickled_code(image_run, tmp_path):

@@ -116,13 +116,15 @@ def package(
     :data:`ZOO_DATASETS` (default: ``run_info.json``'s ``"dataset"``); ``baseline`` the run directory of the same
     model trained by backprop on the same budget, compared in the card.
     """
-    import torch
     import transformers
 
     from .. import models  # noqa: F401  (registers the EP classes with the Auto classes)
     from .remote_code import flat_classes
 
     run = Run.read(run_dir)
+    if run.run_info.get("method", "ep") != "ep":
+        raise ZooError(f"{run.path} was trained by {run.run_info['method']}, not EP: zoo checkpoints are EP-trained "
+                       "(pass it as --baseline of the EP run instead)")
     zoo_dir = Path(zoo_dir)
     repo_id = repo_id or f"{ZOO_ORG}/{zoo_dir.resolve().name}"
     dataset = dataset or run.run_info.get("dataset")
@@ -175,7 +177,11 @@ def _image_processor(run: Run, spec: DatasetSpec | None, dataset: str | None):
     from ..models.image_processing_ep import EPImageProcessor
 
     if (run.path / "preprocessor_config.json").is_file():
-        return EPImageProcessor.from_pretrained(run.path)
+        processor = EPImageProcessor.from_pretrained(run.path)
+        if spec is not None and spec.rescale_factor is not None and processor.rescale_factor != spec.rescale_factor:
+            raise ZooError(f"{run.path}: the saved image processor rescales by {processor.rescale_factor}, but "
+                           f"{spec.name} pixels are uint8 * {spec.rescale_factor} ({spec.loader})")
+        return processor
     if spec is None or spec.rescale_factor is None:
         raise ZooError(
             f"{run.path} has no preprocessor_config.json and its dataset {dataset!r} is not one of "
