@@ -247,9 +247,11 @@ def test_package_publish_pull_and_use(hub, image_run, tmp_path):
 
     run, test = image_run
     zoo = tmp_path / "model_zoo" / "toy_mlp"
-    assert zoo_cli(["package", str(run), str(zoo), "--repo_id", "zoo-org/toy_mlp"]) == 0
+    assert zoo_cli(["package", str(run), str(zoo)]) == 0
+    assert 'model="mep-hf/toy_mlp"' in (zoo / "README.md").read_text()
     assert zoo_cli(["publish", str(zoo), "zoo-org/toy_mlp"]) == 0
     served = hub.files("zoo-org/toy_mlp")
+    assert 'model="zoo-org/toy_mlp"' in served["README.md"].decode() and b"mep-hf/toy_mlp" not in served["README.md"]
     assert {p.name for p in zoo.iterdir()} == set(served)
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_ep_mlp.py",
             "configuration_ep_mlp.py", "image_processing_ep.py", "training_curve.png"} <= set(served)

@@ -308,7 +308,7 @@ def _card(run, name, repo_id, task, spec, dataset, model, curve, baseline_run) -
         metrics=list(dict.fromkeys(m for _, m, _ in run.results(task.metrics))),
         eval_results=results,
         mep_hf={"command": info["command"], "train_seconds": info["train_seconds"], "date": info["date"],
-                "dataset": dataset, "status": "trained"},
+                "dataset": dataset, "repo_id": repo_id, "status": "trained"},
     )
     if task.task == "image-classification":
         usage = (
@@ -509,14 +509,19 @@ def publish(zoo_dir: str | Path, repo_id: str, *, token: str | None = None, priv
             revision: str | None = None, commit_message: str | None = None):
     """``create_repo(exist_ok=True)`` + ``upload_folder``: the zoo folder becomes (a commit of) ``repo_id``.
 
-    The token is huggingface_hub's usual one (``HF_TOKEN`` or ``hf auth login``) unless given."""
+    The card's usage lines are first rewritten to name ``repo_id`` when it was packaged for another id. The token
+    is huggingface_hub's usual one (``HF_TOKEN`` or ``hf auth login``) unless given."""
     from huggingface_hub import HfApi
 
     zoo_dir = Path(zoo_dir)
-    if not (zoo_dir / "README.md").is_file():
+    readme = zoo_dir / "README.md"
+    if not readme.is_file():
         raise ZooError(f"{zoo_dir} has no README.md: package it first (mep-hf-zoo package <run_dir> {zoo_dir})")
     api = HfApi(token=token)
     url = api.create_repo(repo_id, exist_ok=True, private=private)
+    named = (ModelCard.load(readme).data.get("mep_hf") or {}).get("repo_id")
+    if named and named != url.repo_id:  # the card's usage lines name the repo it is published as
+        readme.write_text(readme.read_text(encoding="utf-8").replace(named, url.repo_id), encoding="utf-8")
     return api.upload_folder(
         repo_id=url.repo_id, folder_path=zoo_dir, revision=revision,
         commit_message=commit_message or f"Upload {zoo_dir.name} with mep-hf-zoo",
