@@ -385,7 +385,7 @@ def test_card_reads_the_run(image_run, tmp_path):
 
 
 def test_char_lm_card_and_baseline(text_run, tmp_path):
-    run, _ = text_run
+    run, slow = text_run
     zoo = tmp_path / "toy_char_lm"
     zoo_cli(["package", str(run), str(zoo), "--baseline", str(run)])
     card = ModelCard.load(zoo / "README.md")
@@ -396,6 +396,16 @@ def test_char_lm_card_and_baseline(text_run, tmp_path):
     assert "## Compared with backprop" in card.text and "+0.00%" in card.text
     assert (zoo / "tokenizer.json").is_file() and json.loads((zoo / "config.json").read_text())["auto_map"][
         "AutoModelForCausalLM"] == "modeling_ep_char_transformer.EPCharTransformerForCausalLM"
+
+    from transformers import pipeline  # with mep_hf imported: the registered classes, the fast tokenizer
+
+    generate = pipeline("text-generation", model=str(zoo))
+    assert type(generate.model) is EPCharTransformerForCausalLM and generate.tokenizer.is_fast
+    text = generate("to be", max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    ids = torch.tensor([slow("to be")["input_ids"]])
+    expected = EPCharTransformerForCausalLM.from_pretrained(run).generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, pad_token_id=slow.pad_token_id)
+    assert text == slow.decode(expected[0])
 
 
 def test_package_refuses_incomplete_runs(image_run, tmp_path):
