@@ -18,7 +18,10 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mep-hf-zoo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="mep-hf-zoo", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0].replace("``", ""), epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     sub = parser.add_subparsers(dest="action", required=True)
 
     p = sub.add_parser("package", help="turn a training run directory into a complete Hub repo folder")
