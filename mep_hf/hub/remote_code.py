@@ -10,7 +10,10 @@ flat file per requested module holding exactly the definitions reached (classes,
 that executes, plus the external imports they need. The package keeps one copy of every definition; the flat files
 are generated output, like ``modeling_mistral.py`` from ``modular_mistral.py``.
 
-One thing is left out on purpose: the methods named in :data:`PRUNED_METHODS`. ``ep_linearize`` is an optional fast
+What is carried: top-level classes, functions and assignments, followed through imports (re-exports included),
+and the external imports they use. What is not: other top-level statements (a registration call, an ``if`` block):
+a definition that needs one fails loudly in ``package``'s check that the flat model computes what the mep_hf model
+computes, as does a relative import inside a function (:class:`FlattenError`). One thing is left out on purpose: the methods named in :data:`PRUNED_METHODS`. ``ep_linearize`` is an optional fast
 path of the EP engine (closed-form block products, fused Triton kernels; see :mod:`mep_hf.kernels`): without it a
 block is linearized by autograd, so remote-code models still run, generate, fine-tune and train by EP with mep_hf's
 ``EPTrainer``; the kernels need mep_hf installed.
