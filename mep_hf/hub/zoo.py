@@ -251,6 +251,13 @@ def _duration(seconds: float) -> str:
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
+METRIC_NAMES = {"bits_per_char": "bits per char", "loss": "loss (cross-entropy, nats)"}
+
+
+def _metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
+
+
 def _format_metric(metric: str, value: float) -> str:
     if metric == "accuracy":
         return f"{value:.4f} ({100 * value:.2f}%)"
@@ -263,7 +270,7 @@ def _results(run: Run, task: TaskSpec, spec: DatasetSpec | None, dataset: str | 
     rows, results = [], []
     for split, metric, value in run.results(task.metrics):
         where = f" ({spec.splits[split]})" if spec and split in spec.splits else ""
-        rows.append(f"| {split}{where} | {metric.replace('_', ' ')} | {_format_metric(metric, value)} |")
+        rows.append(f"| {split}{where} | {_metric_name(metric)} | {_format_metric(metric, value)} |")
         results.append(eval_result(task.task, dataset_id, dataset_name, split, metric, value))
     table = "| split | metric | value |\n|---|---|---|\n" + "\n".join(rows) if rows else ""
     files = [f for f in ("test_results.json", "eval_results.json", "all_results.json") if (run.path / f).is_file()]
@@ -352,7 +359,7 @@ def _card(run, name, repo_id, task, spec, dataset, model, curve, baseline_run) -
     best = results[0]
     summary = (f"`{type(model).__name__}` trained by Equilibrium Propagation (mep-hf's `EPTrainer`, no "
                f"backpropagation) on {dataset_name}. {best.dataset_split.capitalize()} "
-               f"{best.metric_type.replace('_', ' ')}: **{_format_metric(best.metric_type, best.metric_value)}**.")
+               f"{_metric_name(best.metric_type)}: **{_format_metric(best.metric_type, best.metric_value)}**.")
     return zoo_card(
         card_data=card_data, title=title, summary=summary, usage=usage, usage_note=usage_note,
         model_description=_describe_model(model, config), training=training, limitations=limitations,
@@ -365,7 +372,7 @@ def _baseline_section(run: Run, baseline: Run, task: TaskSpec) -> str:
     rows = []
     for (split, metric, ep), (_, _, bp) in _paired(run.results(task.metrics), baseline.results(task.metrics)):
         rel = (ep - bp) / abs(bp) if bp else math.nan
-        rows.append(f"| {split} {metric.replace('_', ' ')} | {ep:.4f} | {bp:.4f} | {100 * rel:+.2f}% |")
+        rows.append(f"| {split} {_metric_name(metric)} | {ep:.4f} | {bp:.4f} | {100 * rel:+.2f}% |")
     return (
         "The same model, data and budget trained by backprop (`transformers.Trainer`), command:\n\n"
         f"```bash\n{baseline.run_info['command']}\n```\n\n"
@@ -408,12 +415,12 @@ def _plot_curve(run: Run, task: TaskSpec, png: Path, baseline: Run | None) -> bo
     handles, labels = ax.get_legend_handles_labels()
     if evals:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*evals), "o-", color="tab:red", label=f"validation {metric.replace('_', ' ')} (EP)")
+        ax2.plot(*zip(*evals), "o-", color="tab:red", label=f"validation {_metric_name(metric)} (EP)")
         if baseline is not None:
             bp = _curve_points(baseline.log_history, task)[1]
             if bp:
-                ax2.plot(*zip(*bp), "s--", color="tab:gray", label=f"validation {metric.replace('_', ' ')} (backprop)")
-        ax2.set_ylabel(f"validation {metric.replace('_', ' ')}")
+                ax2.plot(*zip(*bp), "s--", color="tab:gray", label=f"validation {_metric_name(metric)} (backprop)")
+        ax2.set_ylabel(f"validation {_metric_name(metric)}")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="center right", fontsize=8)
@@ -465,7 +472,7 @@ def index_rows(zoo_root: str | Path) -> list[dict[str, str]]:
         results = data.eval_results or []
         head = next((r for r in results if r.dataset_split == "test"), results[0] if results else None)
         if head is not None:
-            metric = f"{head.dataset_split} {head.metric_type.replace('_', ' ')} {_format_metric(head.metric_type, head.metric_value)}"
+            metric = f"{head.dataset_split} {_metric_name(head.metric_type)} {_format_metric(head.metric_type, head.metric_value)}"
             dataset = head.dataset_name
         else:
             metric = "—"
