@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel, initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
 from typing import Any
 
@@ -28,7 +30,8 @@ from .configuration_ep_char_transformer import EPCharTransformerConfig
 def require_labels(labels: Tensor | None) -> Tensor:
     """EP nudges the output towards the labels, so a training batch without them is an error."""
     if labels is None:
-        raise ValueError("EP training needs `labels` in every batch: the nudged phase pulls the output towards them")
+        raise ValueError("EP training needs `labels` in every batch: the nudged phase pulls the output towards them "
+                         "(a data collator drops label columns it cannot make a tensor of, such as strings)")
     if not isinstance(labels, Tensor):
         raise TypeError(f"`labels` must be a tensor of integer class ids, got {type(labels).__name__}")
     return labels
@@ -98,8 +101,12 @@ class EPPreTrainedModel(PreTrainedModel):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if kwargs.get("use_safetensors") is False:
             raise UnsafeWeightsError("use_safetensors=False asks for pickle weights; pass allow_pickle=True to opt in")
-        with refuse_pickle_weights():
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            with refuse_pickle_weights():
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(f"the safetensors weights of {os.fspath(pretrained_model_name_or_path)!r} are damaged or "
+                          f"truncated and cannot be read: {err}") from err
 
 
 @dataclass
@@ -183,8 +190,11 @@ class EPCharSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
-class EPCharTransformerBlock(nn.Module):
-    """One pre-LN block, ``s + attn(LN(s))`` then ``+ mlp(LN(·))``: one EP block (its state is the residual stream)."""
+class EPCharTransformerBlock(GradientCheckpointingLayer):
+    """One pre-LN block, ``s + attn(LN(s))`` then ``+ mlp(LN(·))``: one EP block (its state is the residual stream).
+
+    A ``GradientCheckpointingLayer``, so backprop (``Trainer(gradient_checkpointing=True)``) can checkpoint it: the
+    baseline that EP's low-memory mode is measured against."""
 
     def __init__(self, config: EPCharTransformerConfig):
         super().__init__()
@@ -220,6 +230,7 @@ class EPCharTransformerPreTrainedModel(EPPreTrainedModel):
     input_modalities = ("text",)
     _no_split_modules = ["EPCharTransformerBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module):
         """N(0, initializer_range) Linear weights, zero biases, LayerNorm (1, 0); embeddings N(0, embedding_init_std)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import PreTrainedModel, initialization as init
 from transformers.activations import ACT2FN
@@ -84,7 +85,8 @@ def classification_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
 def require_labels(labels: Tensor | None) -> Tensor:
     """EP nudges the output towards the labels, so a training batch without them is an error."""
     if labels is None:
-        raise ValueError("EP training needs `labels` in every batch: the nudged phase pulls the output towards them")
+        raise ValueError("EP training needs `labels` in every batch: the nudged phase pulls the output towards them "
+                         "(a data collator drops label columns it cannot make a tensor of, such as strings)")
     if not isinstance(labels, Tensor):
         raise TypeError(f"`labels` must be a tensor of integer class ids, got {type(labels).__name__}")
     return labels
@@ -184,8 +186,12 @@ class EPPreTrainedModel(PreTrainedModel):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if kwargs.get("use_safetensors") is False:
             raise UnsafeWeightsError("use_safetensors=False asks for pickle weights; pass allow_pickle=True to opt in")
-        with refuse_pickle_weights():
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        try:
+            with refuse_pickle_weights():
+                return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(f"the safetensors weights of {os.fspath(pretrained_model_name_or_path)!r} are damaged or "
+                          f"truncated and cannot be read: {err}") from err
 
 
 class ImageBlockChainMixin:
