@@ -24,6 +24,7 @@ from .adapters import prepare_ep_model
 from .checkpointing import AtomicCheckpointMixin
 from .equilibrium import BlockStack, Contrast, SettlingDivergedError, free_phase, nudged_phases
 from .guard import UPDATE_KNOBS, LossGuard, TrainingDivergedError
+from .hub import EPModelCardMixin, EPRemoteCodeMixin
 from .training_args import EPTrainingArguments
 
 # Trainer features EP cannot honour, with the reason; refused at ``EPTrainer.__init__``.
@@ -66,7 +67,7 @@ class _OutputAt(nn.Module):
         return self._output(self.state, labels=labels, **loss_kwargs)
 
 
-class EPTrainer(AtomicCheckpointMixin, Trainer):
+class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trainer):
     """Drop-in ``Trainer`` whose parameter gradients come from EP settling instead of backprop.
 
     Expects :class:`EPTrainingArguments` and a model with ``ep_stack(**inputs) -> BlockStack`` whose ``forward``
