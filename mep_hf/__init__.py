@@ -1,19 +1,40 @@
-"""mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer."""
+"""mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer.
 
+Train: :class:`EPTrainer` + :class:`EPTrainingArguments`. Models: the EP-native ones here (Auto-registered) or any
+stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Optimizers:
+``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model zoo: ``mep_hf.hub``. The algorithm:
+``mep_hf.equilibrium``.
+"""
+
+from . import adapters, data, hub, metrics, optim
+from .adapters import prepare_ep_model
 from .checkpointing import CheckpointIntegrityError
 from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
 from .guard import TrainingDivergedError
-from . import metrics
-from .models import EPConvNetConfig, EPConvNetForImageClassification, EPMLPConfig, EPMLPForImageClassification
+from .models import (
+    EPCharTokenizer,
+    EPCharTransformerConfig,
+    EPCharTransformerForCausalLM,
+    EPConvNetConfig,
+    EPConvNetForImageClassification,
+    EPMLPConfig,
+    EPMLPForImageClassification,
+)
+from .optim import PRESETS, build_optimizer
+from .runtime import configure_threads
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "BlockStack",
     "CheckpointIntegrityError",
     "Contrast",
+    "EPCharTokenizer",
+    "EPCharTransformerConfig",
+    "EPCharTransformerForCausalLM",
     "EPConvNetConfig",
     "EPConvNetForImageClassification",
     "EPMLPConfig",
@@ -23,8 +44,15 @@ __all__ = [
     "SettleConfig",
     "SettlingDivergedError",
     "TrainingDivergedError",
+    "adapters",
+    "build_optimizer",
+    "configure_threads",
+    "data",
     "free_phase",
+    "hub",
     "metrics",
     "nudged_phases",
+    "optim",
+    "prepare_ep_model",
     "settle",
 ]

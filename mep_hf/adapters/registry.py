@@ -143,6 +143,7 @@ def supported_classes(model_type: str) -> list[str]:
 
 
 def supported_models() -> dict[str, list[str]]:
+    """Every registered ``model_type`` with the stock classes (heads) EP trains for it."""
     return {t: supported_classes(t) for t in sorted(MODEL_TYPES)}
 
 

@@ -488,6 +488,7 @@ def index_rows(zoo_root: str | Path) -> list[dict[str, str]]:
 
 
 def render_index(zoo_root: str | Path) -> str:
+    """The zoo index (Markdown table), read from each folder's model card."""
     rows = index_rows(zoo_root)
     lines = ["| model | task | dataset | result (from its card) | status | command |", "|---|---|---|---|---|---|"]
     for r in rows:
