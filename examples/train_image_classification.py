@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -48,6 +49,12 @@ class DataArguments:
                   "of its IDX files; or a Hub dataset id (needs network)."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (quick runs)."})
+    augment_shift: int = field(
+        default=0, metadata={"help": "Training images only: random translation by up to this many pixels (0 = off)."}
+    )
+    augment_hflip: bool = field(
+        default=False, metadata={"help": "Training images only: random horizontal flips (clothes, not digits)."}
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else torch's default)."}
     )
@@ -87,6 +94,34 @@ MAIN_JOB_DEFAULTS = dict(
 )
 
 
+class RandomShiftFlip(torch.utils.data.Dataset):
+    """Training-time augmentation of flat 28x28 rows: a random translation by up to ``shift`` pixels (zero fill)
+    and, with ``hflip``, a random horizontal flip. Batches are fetched in one Arrow read (``__getitems__``)."""
+
+    def __init__(self, dataset, shift: int, hflip: bool, side: int = 28):
+        self.dataset, self.shift, self.hflip, self.side = dataset, shift, hflip, side
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        batch = self.dataset[list(indices)]
+        n, side, s = len(indices), self.side, self.shift
+        images = batch["pixel_values"].reshape(n, side, side)
+        if self.hflip:
+            flip = torch.rand(n) < 0.5
+            images = torch.where(flip[:, None, None], images.flip(-1), images)
+        if s > 0:
+            padded = torch.nn.functional.pad(images, (s, s, s, s))
+            dy, dx = torch.randint(0, 2 * s + 1, (2, n)).tolist()
+            images = torch.stack([padded[i, y : y + side, x : x + side] for i, (y, x) in enumerate(zip(dy, dx))])
+        pixels = images.reshape(n, side * side)
+        return [{"pixel_values": pixels[i], "labels": batch["labels"][i]} for i in range(n)]
+
+
 def accuracy(eval_pred) -> dict[str, float]:
     logits, labels = eval_pred
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
@@ -116,11 +151,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.max_train_samples is not None:
         data["train"] = data["train"].select(range(data_args.max_train_samples))
     model = build_model(model_args, data["train"].features["labels"].names)
+    train_dataset = data["train"]
+    if data_args.augment_shift or data_args.augment_hflip:
+        train_dataset = RandomShiftFlip(train_dataset, data_args.augment_shift, data_args.augment_hflip)
 
     trainer = EPTrainer(
         model=model,
         args=training_args,
-        train_dataset=data["train"],
+        train_dataset=train_dataset,
         eval_dataset=data["validation"],
         compute_metrics=accuracy,
     )

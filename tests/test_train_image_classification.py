@@ -52,3 +52,26 @@ def test_run_dir_outputs_and_resume(example, tmp_path, monkeypatch):
     assert info["resumed_from"] is not None and info["resumed_from"].endswith("checkpoint-8")
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [h["epoch"] for h in history if "eval_accuracy" in h] == [1.0, 2.0, 3.0]
+
+
+def test_random_shift_flip_moves_pixels_only_on_the_training_set(example):
+    import datasets
+    import torch
+
+    x = torch.rand(6, 28 * 28)
+    ds = datasets.Dataset.from_dict({"pixel_values": x.numpy(), "labels": list(range(6))}).with_format("torch")
+    torch.manual_seed(0)
+    aug = example.RandomShiftFlip(ds, shift=2, hflip=True)
+    assert len(aug) == 6 and aug[3]["labels"] == 3
+    items = aug.__getitems__([0, 1, 2, 3, 4, 5])
+    moved = 0
+    for i, item in enumerate(items):
+        got = item["pixel_values"].reshape(28, 28)
+        candidates = []
+        for image in (x[i].reshape(28, 28), x[i].reshape(28, 28).flip(-1)):
+            padded = torch.nn.functional.pad(image, (2, 2, 2, 2))
+            candidates += [padded[y : y + 28, c : c + 28] for y in range(5) for c in range(5)]
+        assert any(torch.equal(got, c) for c in candidates), i  # a flip and a shift of image i, zero-filled
+        moved += not torch.equal(got, x[i].reshape(28, 28))
+        assert item["labels"] == i
+    assert moved >= 4
