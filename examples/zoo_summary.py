@@ -1,6 +1,7 @@
 """Summarise zoo training runs from their own json files (never typed by hand): a Markdown table on stdout.
 
-    python examples/zoo_summary.py runs/zoo            # every run directory with a run_info.json
+    python examples/zoo_summary.py runs/zoo                     # every run directory with a run_info.json
+    python examples/zoo_summary.py runs/zoo mnist_mlp char_lm   # some of them
 
 For each run: the metric (``test_accuracy`` from ``test_results.json``, or ``eval_bits_per_char`` from
 ``eval_results.json``), the best validation value of its ``trainer_state.json``, the training wall time and the
@@ -21,27 +22,31 @@ def read(path: Path) -> dict:
 def summarise(run: Path) -> dict:
     info, test, ev = read(run / "run_info.json"), read(run / "test_results.json"), read(run / "eval_results.json")
     history = read(run / "trainer_state.json").get("log_history", [])
-    if "test_accuracy" in test:
-        metric = f"test accuracy {100 * test['test_accuracy']:.2f}%"
+    if "test_accuracy" in test or "eval_bits_per_char" not in ev:
+        metric = f"test accuracy {100 * test['test_accuracy']:.2f}%" if "test_accuracy" in test else "?"
         val = [h["eval_accuracy"] for h in history if "eval_accuracy" in h]
         best = f"{100 * max(val):.2f}% (last {100 * val[-1]:.2f}%)" if val else ""
     else:
         metric = f"validation {ev['eval_bits_per_char']:.4f} bits/char ({ev.get('eval_blocks', '?')} blocks)"
         best = ""
     machine = info.get("machine", {})
+    if isinstance(machine, dict):  # run_info.json of examples/run_utils.py; other writers may store a string
+        machine = f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('threads')} thread(s)"
     return {
         "run": run.name,
         "metric": metric,
         "validation (best)": best,
-        "train wall": f"{info['train_seconds']:.0f} s" + (" (resumed)" if info.get("resumed_from") else ""),
-        "machine": f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('threads')} thread(s)",
-        "command": f"`{info['command']}`",
+        "train wall": f"{info.get('train_seconds', float('nan')):.0f} s" + (" (resumed)" if info.get("resumed_from") else ""),
+        "machine": machine,
+        "command": f"`{info.get('command', '?')}`",
     }
 
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0] if argv else "runs/zoo")
-    rows = [summarise(d) for d in sorted(root.iterdir()) if (d / "run_info.json").is_file()]
+    names = set(argv[1:])  # optional: only these runs
+    rows = [summarise(d) for d in sorted(root.iterdir())
+            if (d / "run_info.json").is_file() and (not names or d.name in names)]
     if not rows:
         raise SystemExit(f"no run directories with run_info.json under {root}")
     cols = list(rows[0])
