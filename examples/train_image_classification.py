@@ -32,6 +32,7 @@ from mep_hf import (
     EPMLPForImageClassification,
     EPTrainer,
     EPTrainingArguments,
+    metrics,
 )
 from mep_hf.data import load_fashion_mnist, load_mnist
 from run_utils import pin_threads, write_run_info
@@ -122,9 +123,12 @@ class RandomShiftFlip(torch.utils.data.Dataset):
         return [{"pixel_values": pixels[i], "labels": batch["labels"][i]} for i in range(n)]
 
 
+ACCURACY = metrics.load("accuracy")  # an `evaluate` module shipped with mep_hf, loaded by path: works offline
+
+
 def accuracy(eval_pred) -> dict[str, float]:
     logits, labels = eval_pred
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+    return ACCURACY.compute(predictions=np.argmax(logits, axis=-1), references=labels)
 
 
 def build_model(model_args: ModelArguments, label_names: list[str]):
@@ -176,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
-    metrics = trainer.evaluate(data["validation"], metric_key_prefix="eval")
-    trainer.save_metrics("eval", metrics)
+    eval_metrics = trainer.evaluate(data["validation"], metric_key_prefix="eval")
+    trainer.save_metrics("eval", eval_metrics)
     test_metrics = trainer.evaluate(data["test"], metric_key_prefix="test")
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_run_info(training_args.output_dir, train_seconds, resumed_from=checkpoint,
                        dataset=data_args.dataset, model=model_args.model, num_parameters=model.num_parameters())
     print(f"test accuracy: {test_metrics['test_accuracy']:.4f}  (train time {train_seconds:.0f} s, {threads} threads)")
-    return {**metrics, **test_metrics}
+    return {**eval_metrics, **test_metrics}
 
 
 if __name__ == "__main__":
