@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.is_world_process_zero():
         samples = write_samples(trainer.model, tokenizer, out, model_args, training_args.seed)
         write_run_info(out, train_seconds, resumed_from=checkpoint, method=method, dataset="shakespeare",
-                       num_parameters=model.num_parameters())
+                       num_parameters=model.num_parameters(),
+                       training_args=json.loads(training_args.to_json_string()))
         print(f"[{method}] validation {metrics['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
               f"train {train_seconds:.0f} s, {threads} threads; samples in {out / 'samples.txt'}")
         print(samples[0] if samples else "")

@@ -15,6 +15,7 @@ Re-running the same command with ``--save_strategy epoch`` resumes from the last
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("test", test_metrics)
     if trainer.is_world_process_zero():
         write_run_info(training_args.output_dir, train_seconds, resumed_from=checkpoint,
-                       dataset=data_args.dataset, model=model_args.model, num_parameters=model.num_parameters())
+                       dataset=data_args.dataset, model=model_args.model, num_parameters=model.num_parameters(),
+                       training_args=json.loads(training_args.to_json_string()))
     print(f"test accuracy: {test_metrics['test_accuracy']:.4f}  (train time {train_seconds:.0f} s, {threads} threads)")
     return {**eval_metrics, **test_metrics}
 
