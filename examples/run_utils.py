@@ -1,4 +1,4 @@
-"""Small helpers the example scripts share: thread pinning and the ``run_info.json`` record of a run."""
+"""Small helpers the example scripts share: the ``run_info.json`` record of a run."""
 
 from __future__ import annotations
 
@@ -11,21 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-
-def pin_threads(num_threads: int | None) -> int:
-    """Use ``num_threads`` intra-op threads (else ``$OMP_NUM_THREADS``, else torch's default) and return the count.
-
-    On a shared machine torch's default (one thread per core) collapses when other jobs hold the cores: a tiny
-    char-LM step measured ~6x slower with 2 threads than with 1 under contention (docs/transformers.md).
-    """
-    if num_threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        num_threads = int(os.environ["OMP_NUM_THREADS"])
-    if num_threads is not None:
-        if num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        torch.set_num_threads(num_threads)
-    return torch.get_num_threads()
 
 
 def cpu_model() -> str:

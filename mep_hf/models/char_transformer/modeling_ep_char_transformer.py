@@ -208,8 +208,9 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
         return self.ep_output(s, labels, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs):
-        """No key/value cache: every step re-reads the last ``max_position_embeddings`` tokens."""
-        window = self.config.max_position_embeddings
+        """No key/value cache: every step re-reads the last ``max_position_embeddings − 1`` tokens. Not the full
+        window: training never gives the last position a next token, so its prediction is untrained."""
+        window = self.config.max_position_embeddings - 1
         if attention_mask is not None:
             attention_mask = attention_mask[:, -window:]
         return {"input_ids": input_ids[:, -window:], "attention_mask": attention_mask}
