@@ -37,6 +37,7 @@ from mep_hf import (
     metrics,
 )
 from mep_hf.data import load_fashion_mnist, load_mnist
+from mep_hf.hub import plot_training_curve
 from run_utils import write_run_info
 
 DATASETS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist}
@@ -93,7 +94,7 @@ MAIN_JOB_DEFAULTS = dict(
     eval_strategy="epoch",
     save_strategy="no",
     logging_steps=100,
-    report_to="none",
+    report_to="tensorboard",
     disable_tqdm=True,
     seed=0,
 )
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("test", test_metrics)
     trainer.save_metrics("test", test_metrics)
     if trainer.is_world_process_zero():
+        plot_training_curve(trainer.state.log_history, Path(training_args.output_dir) / "training_curve.png",
+                            "accuracy", f"{model_args.model} on {data_args.dataset}, trained by EP")
         write_run_info(training_args.output_dir, train_seconds, resumed_from=checkpoint,
                        dataset=data_args.dataset, model=model_args.model, num_parameters=model.num_parameters(),
                        training_args=json.loads(training_args.to_json_string()))

@@ -34,6 +34,8 @@ def test_run_dir_outputs_and_resume(example, tmp_path, monkeypatch):
     for name in ("config.json", "model.safetensors", "trainer_state.json", "train_results.json",
                  "eval_results.json", "test_results.json", "all_results.json", "run_info.json"):
         assert (out / name).is_file(), name
+    assert (out / "training_curve.png").stat().st_size > 1000
+    assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard events"
     test = json.loads((out / "test_results.json").read_text())
     assert test["test_accuracy"] == metrics["test_accuracy"] and 0 <= test["test_accuracy"] <= 1
     assert "test_accuracy" in json.loads((out / "all_results.json").read_text())

@@ -386,19 +386,26 @@ def _paired(ours, theirs):
     return [(o, index[(o[0], o[1])]) for o in ours if (o[0], o[1]) in index]
 
 
-def _curve_points(log_history: list[dict], task: TaskSpec):
+def _curve_points(log_history: list[dict], metric: str):
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
-    metric = task.metrics[0]
     key = f"eval_{metric}"
     evals = [(h["step"], h[key]) for h in log_history if key in h and "step" in h]
     if not evals and metric == "bits_per_char":  # derive bits/char from the logged nats when only those exist
         evals = [(h["step"], h["eval_loss"] / math.log(2)) for h in log_history if "eval_loss" in h]
-    return train, evals, metric
+    return train, evals
 
 
 def _plot_curve(run: Run, task: TaskSpec, png: Path, baseline: Run | None) -> bool:
     """Draw ``training_curve.png`` from the run's ``log_history``; False when the run logged nothing."""
-    train, evals, metric = _curve_points(run.log_history, task)
+    return plot_training_curve(run.log_history, png, task.metrics[0], run.path.name,
+                               baseline.log_history if baseline is not None else None)
+
+
+def plot_training_curve(log_history: list[dict], png: str | Path, metric: str, title: str,
+                        baseline_history: list[dict] | None = None) -> bool:
+    """Training loss and validation ``metric`` against the step, from a Trainer's ``state.log_history`` (a
+    backprop run's validation curve beside it when given), as a PNG. False when nothing was logged."""
+    train, evals = _curve_points(log_history, metric)
     if not train and not evals:
         return False
     import matplotlib
@@ -416,15 +423,15 @@ def _plot_curve(run: Run, task: TaskSpec, png: Path, baseline: Run | None) -> bo
     if evals:
         ax2 = ax.twinx()
         ax2.plot(*zip(*evals), "o-", color="tab:red", label=f"validation {_metric_name(metric)} (EP)")
-        if baseline is not None:
-            bp = _curve_points(baseline.log_history, task)[1]
+        if baseline_history is not None:
+            bp = _curve_points(baseline_history, metric)[1]
             if bp:
                 ax2.plot(*zip(*bp), "s--", color="tab:gray", label=f"validation {_metric_name(metric)} (backprop)")
         ax2.set_ylabel(f"validation {_metric_name(metric)}")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="center right", fontsize=8)
-    ax.set_title(run.path.name)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
