@@ -55,7 +55,7 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _tensor_peak(prof) -> int:
+def tensor_peak(prof) -> int:
     """Peak of live tensor bytes over a profiled region: each op's own allocations minus frees, in time order."""
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
@@ -95,7 +95,7 @@ def measure(args: MemoryArguments, method: str, depth: int) -> dict[str, float]:
         before = _status_kib("VmRSS")
         trainer.training_step(trainer.model, dict(batch))
         rss.append((_status_kib("VmHWM") - before) / 1024)
-    return {"tensors": _tensor_peak(prof) / 2**20, "rss": min(rss)}
+    return {"tensors": tensor_peak(prof) / 2**20, "rss": min(rss)}
 
 
 def plot(results: dict, path: Path, args: MemoryArguments) -> None:

@@ -30,6 +30,9 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mep_hf import EPTrainer, EPTrainingArguments
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import tensor_peak  # noqa: E402  (the allocation-record peak, shared with the MLP memory benchmark)
+
 METHODS = ("backprop", "backprop_checkpointed", "ep_fast", "ep_low")
 
 
@@ -69,15 +72,6 @@ def llama():
 
 
 STACKS: dict[str, Callable] = {"char_transformer": char_transformer, "gpt2_small_blocks": gpt2_small_blocks, "llama": llama}
-
-
-def tensor_peak(prof) -> int:
-    """Peak of live tensor bytes over a profiled region: each op's allocations minus frees, in time order."""
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 def make_trainer(method: str, state: dict, build: Callable):
