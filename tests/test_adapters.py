@@ -315,13 +315,13 @@ def test_adapted_gpt2_round_trips_through_auto_classes(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ refusals
 class _Exploding(torch.utils.data.Dataset):
-    """A dataset that fails if anything reads it: refusals must come before any data work."""
+    """A dataset that fails if any example is read: refusals must come before any data work."""
 
     def __len__(self):
-        raise AssertionError("the dataset was touched before the model was refused")
+        return 4
 
     def __getitem__(self, i):
-        raise AssertionError("the dataset was touched before the model was refused")
+        raise AssertionError("the dataset was read before the model was refused")
 
 
 def test_unsupported_model_type_fails_at_init_and_lists_what_is(tmp_path):
