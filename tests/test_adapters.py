@@ -156,6 +156,34 @@ def test_eval_mode_step_says_dropout_is_off(caplog):
     assert "dropout" in caplog.text and "OFF" in caplog.text and "same network" in caplog.text
 
 
+def test_eptrainer_steps_share_one_dropout_mask_per_step(tmp_path, monkeypatch):
+    """Inside EPTrainer.train(): the EP step runs in train mode (dropout on), each step draws a fresh mask, and the
+    contrast replays the mask of the phases it re-evaluates."""
+    import mep_hf.adapters.encoder as encoder
+
+    calls = []
+    draw = encoder.step_seeds
+
+    def spy(model, n_blocks, replay):
+        seeds = draw(model, n_blocks, replay)
+        calls.append((model.training, replay, None if seeds is None else seeds[0]))
+        return seeds
+
+    monkeypatch.setattr(encoder, "step_seeds", spy)
+    model = tiny_model("bert", "sequence-classification", hidden_dropout_prob=0.3)
+    data = lm_rows(model, n=16, task="sequence-classification", model_type="bert")
+    args = toy_args(tmp_path, max_steps=4, per_device_train_batch_size=8, ep_beta=1e-2, ep_nudging="centered",
+                    ep_settle_steps=2)
+    before = eval_loss(model, data)
+    EPTrainer(model=model, args=args, train_dataset=data).train()
+    assert eval_loss(model, data) < before
+    assert len(calls) == 8 and all(training for training, _, _ in calls)
+    fresh, replays = calls[0::2], calls[1::2]
+    assert [r for _, r, _ in fresh] == [False] * 4 and [r for _, r, _ in replays] == [True] * 4
+    assert [s for _, _, s in fresh] == [s for _, _, s in replays]  # the contrast replays its step's masks
+    assert len({s for _, _, s in fresh}) == 4  # and every step draws new ones
+
+
 # ------------------------------------------------------------------------------------------------ LoRA (peft)
 def lora_model(model_type, task, dtype=torch.float64):
     from peft import LoraConfig, TaskType, get_peft_model
@@ -263,8 +291,7 @@ def plain_args(tmp_path, **overrides) -> TrainingArguments:
 @pytest.mark.parametrize("model_type, task", [("llama", "causal-lm"), ("bert", "sequence-classification")])
 def test_bf16_autocast_and_gradient_accumulation(model_type, task, tmp_path):
     """Under bf16 autocast, with 2 micro-batches per step, EP trains, and one step's update (plain SGD) points
-    where backprop's does under the same settings (dropout off: it is off in EP steps while EPTrainer runs them
-    in eval mode)."""
+    where backprop's does under the same settings (dropout off, so that both train the same deterministic network)."""
     no_dropout = {"bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)}.get(model_type, {})
     data = lm_rows(tiny_model(model_type, task), n=16, task=task, model_type=model_type)
     common = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, bf16=True, learning_rate=1e-2,
@@ -315,7 +342,7 @@ def test_adapted_gpt2_round_trips_through_auto_classes(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ refusals
 class _Exploding(torch.utils.data.Dataset):
-    """A dataset that fails if anything reads it: refusals must come before any data work."""
+    """A dataset that fails if anything touches it: refusals must come before any data work."""
 
     def __len__(self):
         raise AssertionError("the dataset was touched before the model was refused")
