@@ -4,7 +4,16 @@ from .checkpointing import CheckpointIntegrityError
 from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
 from .guard import TrainingDivergedError
 from . import metrics
-from .models import EPConvNetConfig, EPConvNetForImageClassification, EPMLPConfig, EPMLPForImageClassification
+from .models import (
+    EPConvNetConfig,
+    EPConvNetForImageClassification,
+    EPHopfieldConvNetConfig,
+    EPHopfieldConvNetForImageClassification,
+    EPHopfieldMLPConfig,
+    EPHopfieldMLPForImageClassification,
+    EPMLPConfig,
+    EPMLPForImageClassification,
+)
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
 
@@ -16,6 +25,10 @@ __all__ = [
     "Contrast",
     "EPConvNetConfig",
     "EPConvNetForImageClassification",
+    "EPHopfieldConvNetConfig",
+    "EPHopfieldConvNetForImageClassification",
+    "EPHopfieldMLPConfig",
+    "EPHopfieldMLPForImageClassification",
     "EPMLPConfig",
     "EPMLPForImageClassification",
     "EPTrainer",
