@@ -375,3 +375,42 @@ def test_eptrainer_update_equals_trainers_bptt_update(tmp_path, loss):
     assert difference <= 1e-4
     losses = {m: [h["loss"] for h in log if "loss" in h] for m, log in logs.items()}
     assert losses["ep"] == pytest.approx(losses["backprop"], rel=1e-8)
+
+
+def test_two_process_ddp_equals_one_process_on_the_doubled_batch(tmp_path):
+    """2 gloo ranks with batch 4 each train like 1 process with batch 8 (see tests/test_distributed.py for why the
+    batches coincide): the block gradients (handed over by the contrast) and the read-out's (an autograd graph inside
+    the contrast) are all-reduced because the contrast runs through the DDP-wrapped forward."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    script = str(root / "tests" / "scripts" / "train_hopfield_toy.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(root))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = {
+        "one": [sys.executable, script, "--out", str(tmp_path / "one"), "--batch", "8"],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+                "--master_addr", "127.0.0.1", "--master_port", str(port), script, "--out", str(tmp_path / "two"),
+                "--batch", "4"],
+    }
+    for name, cmd in runs.items():
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{name}: {proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    one = load_file(tmp_path / "one" / "params_rank0.safetensors")
+    ranks = [load_file(tmp_path / "two" / f"params_rank{r}.safetensors") for r in range(2)]
+    torch.manual_seed(0)  # the script's initial weights
+    start = dict(EPHopfieldMLPForImageClassification(EPHopfieldMLPConfig(
+        input_size=64, hidden_sizes=[24, 16], num_labels=4, loss="cross_entropy")).named_parameters())
+    worst = max((ranks[r][k] - one[k]).abs().max().item() for r in range(2) for k in one)
+    moved = min((one[k] - start[k].detach()).abs().max().item() for k in one)
+    print(f"DDP 2 ranks vs 1 process: max parameter difference {worst:.3g}; every tensor moved by >= {moved:.3g}")
+    assert "readout.weight" in one and worst < 1e-5 and moved > 1e-3
