@@ -110,8 +110,8 @@ def test_negative_control_too_few_settling_steps_fail_the_bounds(name):
 
 def test_one_sided_and_random_sign_nudging_are_first_order_biased():
     """Positive nudging's error halves with β; the random-sign phase with β < 0 has the opposite bias, so the mean
-    of the two signs is far closer (the O(β) terms cancel). At larger |β| (0.05 here) hard-sigmoid units cross their
-    kinks and the expansion in β no longer holds."""
+    of the two signs is far closer (the O(β) terms cancel). At β = −0.05 one unit per layer already crosses a kink of
+    the hard sigmoid here, and the expansion in β no longer holds."""
     model = MODELS["pmlp-ce"]()
     x, y = batch(model)
     reference = implicit_gradient(model, model._pixels(x), y)
