@@ -82,6 +82,7 @@ def resolve_energy(requested: str | None, model: nn.Module) -> EnergyFamily:
     return get_energy(declared)
 
 
-from . import hopfield, layered  # noqa: E402  (each registers itself)
+from . import layered  # noqa: E402, I001  (each module registers its family; layered first: the default)
+from . import hopfield  # noqa: E402
 
 __all__ = ["ENERGIES", "EnergyFamily", "get_energy", "model_energy", "register_energy", "resolve_energy"]
