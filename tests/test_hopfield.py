@@ -414,3 +414,30 @@ def test_two_process_ddp_equals_one_process_on_the_doubled_batch(tmp_path):
     moved = min((one[k] - start[k].detach()).abs().max().item() for k in one)
     print(f"DDP 2 ranks vs 1 process: max parameter difference {worst:.3g}; every tensor moved by >= {moved:.3g}")
     assert "readout.weight" in one and worst < 1e-5 and moved > 1e-3
+
+
+def test_random_sign_nudging_serves_the_layered_family_too():
+    """Nudging is shared: a layered MLP nudged with −β has the opposite O(β) bias of +β (one-sided contrast), so the
+    mean of the two is far closer to backprop."""
+    from mep_hf import free_phase as layered_free_phase
+    from mep_hf import nudged_phases as layered_nudged_phases
+    from mep_hf.equilibrium import Contrast
+
+    torch.manual_seed(4)
+    model = EPMLPForImageClassification(EPMLPConfig(input_size=20, hidden_sizes=[16], num_labels=3)).double()
+    x, y = torch.rand(8, 20, dtype=torch.float64), torch.randint(0, 3, (8,))
+    params = list(model.parameters())
+    bp = torch.autograd.grad(model(pixel_values=x, labels=y).loss, params)
+
+    def grads(beta):
+        stack = model.ep_stack(pixel_values=x, labels=y)
+        phases = layered_nudged_phases(stack, layered_free_phase(stack), beta, "positive", SettleConfig(steps=20))
+        return torch.autograd.grad(Contrast(phases)(stack), params)
+
+    def error(g):
+        return max(((a - b).norm() / b.norm()).item() for a, b in zip(g, bp))
+
+    plus, minus = grads(0.05), grads(-0.05)
+    mean = error([(a + b) / 2 for a, b in zip(plus, minus)])
+    print(f"layered one-sided: +0.05 {error(plus):.3g}, -0.05 {error(minus):.3g}, mean {mean:.3g}")
+    assert error(minus) == pytest.approx(error(plus), rel=0.3) and mean < 0.1 * error(plus)
