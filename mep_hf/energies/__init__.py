@@ -3,10 +3,10 @@
 A family is the energy and its settling rule; the rest of EP is shared (nudging modes, the contrast routed through
 the model's ``forward(ep_contrast=...)``, divergence detection, diagnostics in the Trainer's logs).
 
-| name | energy | free phase | module |
-|---|---|---|---|
-| ``layered`` | prediction errors ``Σ ½‖s_l − f_l(s_{l−1})‖²`` | one forward pass | :mod:`mep_hf.equilibrium` |
-| ``hopfield`` | ``Σ ½‖s_l‖² − Σ s_{l+1}·f_l(s_l)`` over ``[0, 1]`` states (Scellier & Bengio 2017; Laborieux et al. 2021) | fixed-point settling | :mod:`mep_hf.energies.hopfield` |
+* ``layered``: prediction errors ``Σ ½‖s_l − f_l(s_{l−1})‖²``; the free phase is one forward pass
+  (:mod:`mep_hf.equilibrium`).
+* ``hopfield``: ``½Σ‖s_l‖² − Σ s_{l+1}·f_l(s_l)`` over ``[0, 1]`` states (Scellier & Bengio 2017; Laborieux et al.
+  2021); both phases settle by fixed-point iteration (:mod:`mep_hf.energies.hopfield`).
 
 Each family implements :class:`EnergyFamily` and joins with :func:`register_energy`. A model's config names its
 family in the class attribute ``ep_energy`` (configs that do not are ``layered``); ``EPTrainingArguments.ep_energy``
