@@ -27,6 +27,11 @@ Two settling rules share the energy:
   sweep is exactly a stationary point of F, and one sweep from the free state is already exact to first order
   in β. The forward pass that places the states after the last sweep is the contrast's own forward pass.
 * ``"gradient"``: classic synchronous gradient descent ``s ← s − lr·B·∂F/∂s`` on all layers at once.
+
+This is the layered energy family. What every family shares lives here too: the nudging modes (:func:`nudging_betas`),
+the divergence rule (:func:`energy_diverged`), :class:`SettleConfig` and :class:`SettlingDivergedError`. The
+Hopfield family (classic EP, a free phase that settles) is :mod:`mep_hf.energies.hopfield`; :mod:`mep_hf.energies`
+names the families, and ``EPTrainer`` drives whichever one the model declares.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-NUDGING_MODES = ("positive", "centered")
+NUDGING_MODES = ("positive", "centered", "random_sign")
 SETTLE_MODES = ("sweep", "gradient")
 MEMORY_MODES = ("fast", "low")
 
@@ -92,6 +97,9 @@ class SettleConfig:
     tol: float = 0.0
     divergence_threshold: float = 10.0
     memory: str = "fast"
+    # Families whose free phase settles (hopfield): T_free and T_nudged; None = the model's own (its BlockStack's).
+    free_steps: int | None = None
+    nudged_steps: int | None = None
 
 
 @dataclass
@@ -273,10 +281,14 @@ def _energy(errors: Sequence[Tensor], loss: float, beta: float, batch_size: int)
     return sum(layers) + beta * loss, layers
 
 
+def energy_diverged(energy: float, start: float, threshold: float) -> bool:
+    """The divergence rule every family uses: the energy is non-finite, or grew past ``start + threshold·|start|``."""
+    return not math.isfinite(energy) or energy - start > threshold * max(abs(start), 1e-12)
+
+
 def check_energy(energy: float, start: float, layers: Sequence[float], step: int, beta: float, threshold: float):
-    """Raise when settling diverged: energy non-finite, or grown past ``start + threshold·|start|``."""
-    grown = energy - start > threshold * max(abs(start), 1e-12)
-    if math.isfinite(energy) and not grown:
+    """Raise when settling diverged (:func:`energy_diverged`)."""
+    if not energy_diverged(energy, start, threshold):
         return
     bad = [i for i, v in enumerate(layers) if not math.isfinite(v)]
     layer = bad[0] if bad else max(range(len(layers)), key=layers.__getitem__)
@@ -323,18 +335,29 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
     return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start)
 
 
+def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
+    """The β of each nudged phase: ``(β,)`` (positive), ``(β, −β)`` (centered), or ``(±β,)`` with the sign drawn
+    from torch's global RNG (random_sign: one phase, whose O(β) bias changes sign from step to step and averages
+    out; Laborieux et al. 2021)."""
+    if nudging not in NUDGING_MODES:
+        raise ValueError(f"unknown nudging mode {nudging!r}; expected one of {NUDGING_MODES}")
+    if nudging == "centered":
+        return (beta, -beta)
+    if nudging == "random_sign" and torch.randint(0, 2, ()).item() == 1:
+        return (-beta,)
+    return (beta,)
+
+
 def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: str, config: SettleConfig):
-    """The nudged phases a contrast needs: ``+β`` alone, or ``+β`` and ``−β`` (centered), from one free pass.
+    """The nudged phases a contrast needs (:func:`nudging_betas`), from one free pass.
 
     With sweep settling, the first sweep from the free state is linear in β: it runs once, consuming the free
     pass's block linearizations (all but block 1's), and the ``−β`` phase starts from its negation.
     """
-    if nudging not in NUDGING_MODES:
-        raise ValueError(f"unknown nudging mode {nudging!r}; expected one of {NUDGING_MODES}")
-    betas = (beta, -beta) if nudging == "centered" else (beta,)
+    betas = nudging_betas(beta, nudging)
     if config.mode != "sweep":
         return [settle(stack, free, b, config) for b in betas]
-    first = _sweep(free, beta, release=True)
+    first = _sweep(free, betas[0], release=True)
     starts = [first] if len(betas) == 1 else [first, [-e for e in first]]
     return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
 

@@ -22,7 +22,8 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
 from .checkpointing import AtomicCheckpointMixin
-from .equilibrium import BlockStack, Contrast, SettlingDivergedError, free_phase, nudged_phases
+from .energies import resolve_energy
+from .equilibrium import BlockStack, SettlingDivergedError
 from .guard import UPDATE_KNOBS, LossGuard, TrainingDivergedError
 from .hub import EPModelCardMixin, EPRemoteCodeMixin
 from .training_args import EPTrainingArguments
@@ -87,6 +88,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             raise ValueError("train_dataset is empty (0 examples): there is nothing to train on")
         super().__init__(model=model, args=args, **kwargs)
         _check_label_columns(train_dataset, self.label_names)
+        # The energy family the model declares (mep_hf.energies); an explicit args.ep_energy must agree.
+        self._energy = resolve_energy(self.args.ep_energy, self.model)
+        self._energy.check_config(self.args.settle_config)
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
@@ -145,19 +149,14 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             stack: BlockStack = unwrapped.ep_stack(**inputs)
             trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
             stack.loss = trainer_loss
-            free = free_phase(stack, args.ep_memory)
+            energy, config = self._energy, args.settle_config
+            free = energy.free_phase(stack, config)
             free_loss = free.loss
             self._guard_against_divergence(free_loss)
             try:
-                phases = nudged_phases(stack, free, args.ep_beta, args.ep_nudging, args.settle_config)
-                contrast_fn = Contrast(
-                    phases,
-                    args.ep_divergence_threshold,
-                    first_block=free.blocks[0],
-                    grad_scale=self._loss_scale(),
-                    loss=trainer_loss,
-                )
-                del free  # the contrast keeps only block 1's linearization, and frees it after layer 1
+                phases = energy.nudged_phases(stack, free, args.ep_beta, args.ep_nudging, config)
+                contrast_fn = energy.contrast(free, phases, config, self._loss_scale(), trainer_loss)
+                del free  # the contrast keeps what it needs of the free phase, and frees it on the way
                 contrast = model(**inputs, ep_contrast=contrast_fn)
             except SettlingDivergedError as err:
                 if self._loss_guard.has_risen(free_loss):
@@ -169,8 +168,8 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
                 raise
         finally:
             unwrapped.train(was_training)
-        self._ep_metrics["ep_energy"].append(sum(p.energy for p in phases) / len(phases))
-        self._ep_metrics["ep_settle_steps"].append(sum(p.steps for p in phases) / len(phases))
+        for key, value in energy.diagnostics(contrast_fn).items():
+            self._ep_metrics[key].append(value)
         loss = contrast - contrast.detach() + free_loss
         return (loss, None) if return_outputs else loss
 

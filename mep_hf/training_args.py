@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .energies import ENERGIES
 from .equilibrium import MEMORY_MODES, NUDGING_MODES, SETTLE_MODES, SettleConfig
 
 
@@ -21,7 +22,23 @@ class EPTrainingArguments(TrainingArguments):
     )
     ep_nudging: str = field(
         default="centered",
-        metadata={"help": "'centered' (±β phases, O(β²) bias) or 'positive' (one +β phase, O(β) bias, cheaper)."},
+        metadata={"help": "'centered' (±β phases, O(β²) bias), 'positive' (one +β phase, O(β) bias, cheaper) or "
+                          "'random_sign' (one phase, β's sign drawn each step: the O(β) bias averages out)."},
+    )
+    ep_energy: str | None = field(
+        default=None,
+        metadata={"help": "Energy family (mep_hf.energies: 'layered', 'hopfield'). Default: the one the model's config "
+                          "declares; a value that disagrees with the model is refused."},
+    )
+    ep_free_steps: int | None = field(
+        default=None,
+        metadata={"help": "Hopfield energy: T_free, settling steps of the free phase (default: the model config's "
+                          "free_steps). The layered energy's free phase is one forward pass."},
+    )
+    ep_nudged_steps: int | None = field(
+        default=None,
+        metadata={"help": "Hopfield energy: T_nudged, settling steps of each nudged phase (default: the model "
+                          "config's nudged_steps). The layered energy uses ep_settle_steps."},
     )
     ep_settle_mode: str = field(
         default="sweep",
@@ -74,6 +91,12 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"ep_beta must be a finite number > 0, got {self.ep_beta!r}")
         if self.ep_nudging not in NUDGING_MODES:
             raise ValueError(f"ep_nudging must be one of {NUDGING_MODES}, got {self.ep_nudging!r}")
+        if self.ep_energy is not None and self.ep_energy not in ENERGIES:
+            raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {self.ep_energy!r}")
+        for name in ("ep_free_steps", "ep_nudged_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and value >= 1)):
+                raise ValueError(f"{name} must be an integer >= 1 or None (the model's), got {value!r}")
         if self.ep_settle_mode not in SETTLE_MODES:
             raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {self.ep_settle_mode!r}")
         if self.ep_memory not in MEMORY_MODES:
@@ -116,4 +139,6 @@ class EPTrainingArguments(TrainingArguments):
             tol=self.ep_settle_tol,
             divergence_threshold=self.ep_divergence_threshold,
             memory=self.ep_memory,
+            free_steps=self.ep_free_steps,
+            nudged_steps=self.ep_nudged_steps,
         )

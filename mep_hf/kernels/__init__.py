@@ -3,5 +3,6 @@ form, for blocks common enough to be worth it. Generic autograd (:class:`mep_hf.
 covers every other block; a block opts in through ``ep_linearize(state)``."""
 
 from .dense import DENSE_ACTIVATIONS, DenseLinearization
+from .linear_maps import ConvPoolLinearization, LinearMapLinearization
 
-__all__ = ["DENSE_ACTIVATIONS", "DenseLinearization"]
+__all__ = ["DENSE_ACTIVATIONS", "ConvPoolLinearization", "DenseLinearization", "LinearMapLinearization"]

@@ -11,22 +11,38 @@ from transformers import (
 from .char_transformer import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
 from .convnet import EPConvNetConfig, EPConvNetForImageClassification
 from .image_processing_ep import EPImageProcessor
+from .hopfield import (
+    EPHopfieldConvNetConfig,
+    EPHopfieldConvNetForImageClassification,
+    EPHopfieldMLPConfig,
+    EPHopfieldMLPForImageClassification,
+)
 from .mlp import EPMLPConfig, EPMLPForImageClassification
 
 AutoConfig.register(EPMLPConfig.model_type, EPMLPConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPMLPConfig, EPMLPForImageClassification, exist_ok=True)
 AutoConfig.register(EPConvNetConfig.model_type, EPConvNetConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPConvNetConfig, EPConvNetForImageClassification, exist_ok=True)
-for _config in (EPMLPConfig, EPConvNetConfig):
-    AutoImageProcessor.register(_config, image_processor_classes={"pil": EPImageProcessor}, exist_ok=True)
+AutoConfig.register(EPHopfieldMLPConfig.model_type, EPHopfieldMLPConfig, exist_ok=True)
+AutoModelForImageClassification.register(EPHopfieldMLPConfig, EPHopfieldMLPForImageClassification, exist_ok=True)
+AutoConfig.register(EPHopfieldConvNetConfig.model_type, EPHopfieldConvNetConfig, exist_ok=True)
+AutoModelForImageClassification.register(
+    EPHopfieldConvNetConfig, EPHopfieldConvNetForImageClassification, exist_ok=True
+)
 AutoConfig.register(EPCharTransformerConfig.model_type, EPCharTransformerConfig, exist_ok=True)
 AutoModelForCausalLM.register(EPCharTransformerConfig, EPCharTransformerForCausalLM, exist_ok=True)
 AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharTokenizer, exist_ok=True)
+for _config in (EPMLPConfig, EPConvNetConfig, EPHopfieldMLPConfig, EPHopfieldConvNetConfig):
+    AutoImageProcessor.register(_config, image_processor_classes={"pil": EPImageProcessor}, exist_ok=True)
 
 __all__ = [
     "EPConvNetConfig",
     "EPConvNetForImageClassification",
     "EPImageProcessor",
+    "EPHopfieldConvNetConfig",
+    "EPHopfieldConvNetForImageClassification",
+    "EPHopfieldMLPConfig",
+    "EPHopfieldMLPForImageClassification",
     "EPCharTokenizer",
     "EPCharTransformerConfig",
     "EPCharTransformerForCausalLM",

@@ -1,0 +1,113 @@
+"""Configurations of the Hopfield-energy (classic EP) models: the P-MLP and the P-CNN of Laborieux et al. (2021)."""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from ...kernels.linear_maps import POOLS
+from ...modeling_utils import TASK_LOSSES
+
+
+def _check_dynamics(config) -> None:
+    for name in ("free_steps", "nudged_steps"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not config.settle_tol >= 0:
+        raise ValueError(f"settle_tol must be >= 0, got {config.settle_tol!r}")
+    if not config.initializer_gain > 0:
+        raise ValueError(f"initializer_gain must be > 0, got {config.initializer_gain!r}")
+    if config.loss not in TASK_LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; expected one of {TASK_LOSSES}")
+
+
+@strict
+class EPHopfieldMLPConfig(PreTrainedConfig):
+    """P-MLP: states ``hidden_sizes`` (and, with ``loss="mse"``, ``num_labels`` output units) in ``[0, 1]``, coupled
+    to their neighbours by dense maps; the input is clamped. Energy family ``hopfield`` (:mod:`mep_hf.energies`).
+
+    Args:
+        input_size: flattened input features (784 for MNIST).
+        hidden_sizes: widths of the hidden state layers.
+        loss: ``"mse"``: the output layer is a state layer whose value are the logits, loss ``½‖s − onehot‖²``
+            (Scellier & Bengio 2017); ``"cross_entropy"``: the last hidden layer is read out by a linear layer,
+            softmax cross-entropy (Laborieux et al. 2021).
+        free_steps: T_free, settling steps of the free phase (what ``forward`` runs: inference and evaluation).
+        nudged_steps: T_nudged, settling steps of each nudged phase in training (``ep_nudged_steps`` overrides).
+        settle_tol: stop settling once the relative residual ``‖s_{t+1} − s_t‖/‖s_{t+1}‖`` is below it (0 = off).
+        initializer_gain: weights and biases start uniform in ``±gain/√fan_in`` (PyTorch's default at 1).
+    """
+
+    model_type = "ep_hopfield_mlp"
+    ep_energy = "hopfield"
+
+    input_size: int = 784
+    hidden_sizes: list[int] = field(default_factory=lambda: [512])
+    loss: str = "mse"
+    free_steps: int = 30
+    nudged_steps: int = 10
+    settle_tol: float = 0.0
+    initializer_gain: float = 1.0
+
+    def validate_architecture(self):
+        if self.input_size < 1 or any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"sizes must be positive, got input_size={self.input_size}, hidden={self.hidden_sizes}")
+        if self.loss == "cross_entropy" and not self.hidden_sizes:
+            raise ValueError("a cross-entropy P-MLP reads out its last hidden layer: hidden_sizes must not be empty")
+        _check_dynamics(self)
+
+
+@strict
+class EPHopfieldConvNetConfig(PreTrainedConfig):
+    """P-CNN: convolutional state layers ``pool(conv(s))`` (stride 1, ``padding``, ``pool_size`` pooling), then dense
+    state layers ``hidden_sizes``, then (``loss="mse"``) ``num_labels`` output units or (``"cross_entropy"``) a
+    linear read-out of the last layer. Energy family ``hopfield``.
+
+    Args:
+        num_channels, image_size: inputs are ``(num_channels, image_size, image_size)`` images or flat rows.
+        channels: output channels of each conv state layer.
+        kernel_size, padding: the convolutions (stride 1).
+        pool, pool_size: ``"max"`` (Laborieux et al. 2021), ``"avg"`` or ``"none"``; window = stride = pool_size.
+        hidden_sizes: dense state layers after the conv layers.
+        loss, free_steps, nudged_steps, settle_tol, initializer_gain: as in :class:`EPHopfieldMLPConfig`.
+    """
+
+    model_type = "ep_hopfield_convnet"
+    ep_energy = "hopfield"
+
+    num_channels: int = 1
+    image_size: int = 28
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = 5
+    padding: int = 0
+    pool: str = "max"
+    pool_size: int = 2
+    hidden_sizes: list[int] = field(default_factory=list)
+    loss: str = "mse"
+    free_steps: int = 40
+    nudged_steps: int = 12
+    settle_tol: float = 0.0
+    initializer_gain: float = 1.0
+
+    def conv_sides(self) -> list[int]:
+        """Side of each conv state layer: ``(side + 2·padding − kernel + 1) // pool_size``."""
+        sides, side = [], self.image_size
+        for _ in self.channels:
+            side = (side + 2 * self.padding - self.kernel_size + 1) // (self.pool_size if self.pool != "none" else 1)
+            sides.append(side)
+        return sides
+
+    def validate_architecture(self):
+        if self.num_channels < 1 or not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError(f"channels must be positive and non-empty, got {self.num_channels}, {self.channels}")
+        if self.kernel_size < 1 or self.padding < 0 or self.pool_size < 1 or any(h < 1 for h in self.hidden_sizes):
+            raise ValueError("kernel_size, pool_size and hidden_sizes must be positive and padding >= 0")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; expected one of {POOLS}")
+        if min(self.conv_sides()) < 1:
+            raise ValueError(f"image_size {self.image_size} shrinks to nothing through the conv layers "
+                             f"(sides {self.conv_sides()})")
+        _check_dynamics(self)
