@@ -30,7 +30,7 @@ import datasets
 import numpy as np
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, Trainer, set_seed
 
-from mep_hf import EPTrainer, EPTrainingArguments
+from mep_hf import EPTrainer, EPTrainingArguments, metrics
 from mep_hf.data import find_minilm, load_shakespeare
 from mep_hf.data.shakespeare import _spoken_lines
 
@@ -107,9 +107,12 @@ MAIN_JOB_DEFAULTS = dict(
 )
 
 
+ACCURACY = metrics.load("accuracy")  # an `evaluate` module shipped with mep_hf, loaded by path: works offline
+
+
 def accuracy(eval_pred) -> dict[str, float]:
     logits, labels = eval_pred
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+    return ACCURACY.compute(predictions=np.argmax(logits, axis=-1), references=labels)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

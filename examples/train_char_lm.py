@@ -31,7 +31,7 @@ from datasets import Dataset
 from transformers import HfArgumentParser, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from mep_hf import EPTrainer, EPTrainingArguments, configure_threads
+from mep_hf import EPTrainer, EPTrainingArguments, configure_threads, metrics
 from mep_hf.data import load_shakespeare
 from mep_hf.models import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
 from run_utils import command_line, write_run_info
@@ -101,6 +101,17 @@ def char_blocks(texts: list[str], tokenizer: EPCharTokenizer, block_size: int, l
 
 def bits(nats: float) -> float:
     return nats / math.log(2)
+
+
+BITS_PER_CHARACTER = metrics.load("bits_per_character")  # an `evaluate` module shipped with mep_hf (offline)
+
+
+def bits_per_char(eval_pred) -> dict[str, float]:
+    """``compute_metrics``: bits/char of the true next characters (their log-probabilities come from
+    ``metrics.next_token_log_probs``, the ``preprocess_logits_for_metrics``; -100 positions are NaN there)."""
+    log_probs = eval_pred.predictions
+    result = BITS_PER_CHARACTER.compute(predictions=log_probs[~np.isnan(log_probs)])
+    return {"bits_per_char": result["bits_per_character"]}
 
 
 def sample_lines(model, tokenizer, prompts: list[str], length: int, seed: int,
@@ -187,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = EPCharTransformerForCausalLM(config)
     trainer_cls = Trainer if model_args.use_backprop else EPTrainer
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train, eval_dataset=val,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, compute_metrics=bits_per_char,
+                          preprocess_logits_for_metrics=metrics.next_token_log_probs)
     method = "backprop" if model_args.use_backprop else "ep"
 
     checkpoint = training_args.resume_from_checkpoint
@@ -203,25 +215,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
 
-    metrics = trainer.evaluate(final_val)
-    metrics.update(
-        eval_bits_per_char=bits(metrics["eval_loss"]),
+    results = trainer.evaluate(final_val)
+    results.update(
         eval_blocks=len(final_val),
         method=method,
         num_parameters=model.num_parameters(),
     )
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    trainer.log_metrics("eval", results)
+    trainer.save_metrics("eval", results)
 
     if trainer.is_world_process_zero():
         samples = write_samples(trainer.model, tokenizer, out, model_args, training_args.seed)
         write_run_info(out, train_seconds, resumed_from=checkpoint, method=method, dataset="shakespeare",
                        num_parameters=model.num_parameters(),
                        training_args=json.loads(training_args.to_json_string()))
-        print(f"[{method}] validation {metrics['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
+        print(f"[{method}] validation {results['eval_bits_per_char']:.4f} bits/char ({len(final_val)} blocks), "
               f"train {train_seconds:.0f} s, {threads} threads; samples in {out / 'samples.txt'}")
         print(samples[0] if samples else "")
-    return metrics
+    return results
 
 
 if __name__ == "__main__":
