@@ -169,13 +169,16 @@ def _step(path: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def _checkpoints(run_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folders of ``run_dir``, oldest step first."""
+    names = [n for n in os.listdir(run_dir) if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", n)]
+    return sorted((os.path.join(run_dir, n) for n in names if os.path.isdir(os.path.join(run_dir, n))), key=_step)
+
+
 def healthiest_checkpoint(run_dir: str) -> str | None:
     """The checkpoint saved at the lowest training loss (from the manifests); ``None`` if none recorded one."""
     best, best_loss = None, float("inf")
-    for name in os.listdir(run_dir):
-        path = os.path.join(run_dir, name)
-        if not (os.path.isdir(path) and re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name)):
-            continue
+    for path in _checkpoints(run_dir):
         try:
             loss = read_manifest(path).get("train_loss")
         except CheckpointIntegrityError:
@@ -189,10 +192,7 @@ def rotate_checkpoints(run_dir: str, save_total_limit: int | None, keep: list[st
     """Delete all but the ``save_total_limit`` newest checkpoints and those in ``keep``."""
     if not save_total_limit:
         return
-    checkpoints = sorted(
-        (os.path.join(run_dir, n) for n in os.listdir(run_dir) if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", n)),
-        key=_step,
-    )
+    checkpoints = _checkpoints(run_dir)
     kept = {os.path.abspath(p) for p in checkpoints[-save_total_limit:]} | {os.path.abspath(k) for k in keep if k}
     for path in checkpoints:
         if os.path.abspath(path) not in kept:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import defaultdict
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -117,14 +116,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`)."""
-        with self._ep_step():
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    @contextmanager
-    def _ep_step(self):
         self._in_training_step = True
         try:
-            yield
+            return super().training_step(model, inputs, num_items_in_batch)
         finally:
             self._in_training_step = False
 

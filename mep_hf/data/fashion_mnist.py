@@ -16,7 +16,6 @@ row-major ``float32`` ``pixel_values`` rows of 784 values scaled ``uint8 / 255``
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import re
 import struct
@@ -27,6 +26,7 @@ import pyarrow as pa
 
 import datasets
 
+from ._hub import hub_image_arrays
 from ._cache import load_or_build, resolve_cache_dir
 
 __all__ = [
@@ -146,17 +146,7 @@ def _build_from_idx(directory: Path) -> datasets.DatasetDict:
 def from_hub_format(hub: datasets.DatasetDict) -> datasets.DatasetDict:
     """Convert the Hub dataset's format (``image``: PIL images, ``label``: ``ClassLabel``; splits train / test) to
     this loader's: the last 10,000 training images become ``validation``, pixels are ``uint8 / 255``."""
-    if importlib.util.find_spec("PIL") is None:
-        raise ImportError("decoding the Hub's Fashion-MNIST images needs Pillow: pip install pillow")
-
-    def arrays(split: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-        image_column = "image" if "image" in split.column_names else "img"
-        label_column = "label" if "label" in split.column_names else "labels"
-        split = split.cast_column(image_column, datasets.Image(mode="L")).with_format("numpy")
-        images = np.stack(list(split[image_column])) if split.num_rows else np.zeros((0, 28, 28), np.uint8)
-        return images.astype(np.uint8), np.asarray(split[label_column], dtype=np.int64)
-
-    return _split(*arrays(hub["train"]), *arrays(hub["test"]))
+    return _split(*hub_image_arrays(hub["train"], "Fashion-MNIST"), *hub_image_arrays(hub["test"], "Fashion-MNIST"))
 
 
 def _build_from_hub(hub_id: str) -> datasets.DatasetDict:

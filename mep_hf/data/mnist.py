@@ -28,6 +28,7 @@ import pyarrow as pa
 import datasets
 
 from ._cache import load_or_build, resolve_cache_dir
+from ._hub import hub_image_arrays
 from .safe_pickle import safe_load
 
 __all__ = ["load_mnist", "find_mnist_source", "MNIST_INSTALL_HINT", "MNIST_FEATURES"]
@@ -152,19 +153,8 @@ def _build_from_hub(repo_id: str) -> datasets.DatasetDict:
         ) from e
 
     def columns(ds: datasets.Dataset) -> Tuple[np.ndarray, np.ndarray]:
-        feats = ds.features
-        img_col = next((k for k, f in feats.items() if isinstance(f, datasets.Image)), None)
-        img_col = img_col or next((k for k in ("image", "img", "pixel_values") if k in feats), None)
-        lab_col = next((k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)), None)
-        lab_col = lab_col or next((k for k in ("label", "labels") if k in feats), None)
-        if img_col is None or lab_col is None:
-            raise ValueError(f"{repo_id!r}: cannot find image/label columns in {feats}")
-        if isinstance(feats[img_col], datasets.Image):
-            if importlib.util.find_spec("PIL") is None:
-                raise ImportError(f"decoding the images of {repo_id!r} needs Pillow: pip install pillow")
-        arr = ds.with_format("numpy")
-        x = np.stack(list(arr[img_col])) if arr.num_rows else np.zeros((0, 28, 28))
-        return x.astype(np.float32) / 255.0, np.asarray(arr[lab_col])
+        images, labels = hub_image_arrays(ds, repo_id)
+        return images.astype(np.float32) / 255.0, labels
 
     tx, ty = columns(hub["train"])
     sx, sy = columns(hub["test"])
