@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mep_hf import EPTrainer, EPTrainingArguments
@@ -34,6 +36,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import tensor_peak  # noqa: E402  (the allocation-record peak, shared with the MLP memory benchmark)
 
 METHODS = ("backprop", "backprop_checkpointed", "ep_fast", "ep_low")
+
+
+class CountFlops(TorchDispatchMode):
+    """FLOPs of the matrix products and attention kernels a region runs: the work it does, whatever the load.
+
+    torch's own formulas (``torch.utils.flop_counter``), plus CPU flash attention, which torch's table lacks
+    (grouped-query key/value heads counted per query head, as the kernel computes them). ``FlopCounterMode`` itself
+    cannot watch an EP step: its module hooks break ``torch.autograd.grad`` on leaves.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        elif packet is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+            self.total += sdpa_flop_count(*_per_query_head(*args[:3]))
+        elif packet is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            self.total += sdpa_backward_flop_count(args[0].shape, *_per_query_head(*args[1:4]))
+        return out
+
+
+def _per_query_head(query, key, value):
+    heads = query.shape[1]
+    return query.shape, (*key.shape[:1], heads, *key.shape[2:]), (*value.shape[:1], heads, *value.shape[2:])
 
 
 @dataclass
@@ -114,6 +146,10 @@ def measure_stack(name: str, args: Arguments) -> dict:
             trainer.training_step(trainer.model, dict(batch))
         trainer.optimizer.zero_grad(set_to_none=True)
         row[method] = {"activation_mib": (tensor_peak(prof) - grad_bytes) / 2**20}
+        with CountFlops() as flops:
+            trainer.training_step(trainer.model, dict(batch))
+        trainer.optimizer.zero_grad(set_to_none=True)
+        row[method]["gflops"] = flops.total / 1e9
     times = {m: [] for m in METHODS}
     for i in range(args.warmup + args.repeats):
         for method, trainer in trainers.items():
@@ -131,6 +167,11 @@ def measure_stack(name: str, args: Arguments) -> dict:
         "time_ratio_vs_checkpointing": ms["ep_low"] / ms["backprop_checkpointed"],
         "fast_time_ratio_vs_backprop": ms["ep_fast"] / ms["backprop"],
     }
+    gflops = {m: row[m]["gflops"] for m in METHODS}
+    row["work"] = {
+        "low_flop_ratio_vs_checkpointing": gflops["ep_low"] / gflops["backprop_checkpointed"],
+        "fast_flop_ratio_vs_backprop": gflops["ep_fast"] / gflops["backprop"],
+    }
     row["shape"] = {"batch": batch_size, "sequence": length, "parameters": sum(p.numel() for p in model.parameters())}
     return row
 
@@ -139,16 +180,21 @@ def write(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "transformer_memory.json").write_text(json.dumps({k: v["summary"] for k, v in results.items()}, indent=2))
     (out / "transformer_memory_raw.json").write_text(json.dumps(results, indent=2))
-    lines = ["| stack | method | activation memory (MiB) | step (ms) |", "|---|---|---|---|"]
+    lines = ["| stack | method | activation memory (MiB) | step (ms) | GFLOP per step |", "|---|---|---|---|---|"]
     for name, row in results.items():
         for method in METHODS:
-            lines.append(f"| {name} | {method} | {row[method]['activation_mib']:.1f} | {row[method]['step_ms']:.0f} |")
+            m = row[method]
+            lines.append(f"| {name} | {method} | {m['activation_mib']:.1f} | {m['step_ms']:.0f} | {m['gflops']:.1f} |")
     lines += ["", "| stack | EP low / backprop memory | EP low / checkpointed memory | EP low / checkpointed time | "
               "EP fast / backprop time |", "|---|---|---|---|---|"]
     for name, row in results.items():
         s = row["summary"]
         lines.append(f"| {name} | {s['activation_ratio_vs_backprop']:.2f} | {s['activation_ratio_vs_checkpointing']:.2f}"
                      f" | {s['time_ratio_vs_checkpointing']:.2f} | {s['fast_time_ratio_vs_backprop']:.2f} |")
+    lines += ["", "| stack | EP low / checkpointed FLOPs | EP fast / backprop FLOPs |", "|---|---|---|"]
+    for name, row in results.items():
+        w = row["work"]
+        lines.append(f"| {name} | {w['low_flop_ratio_vs_checkpointing']:.2f} | {w['fast_flop_ratio_vs_backprop']:.2f} |")
     (out / "transformer_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib

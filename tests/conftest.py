@@ -51,6 +51,11 @@ def toy_args(tmp_path, **overrides) -> EPTrainingArguments:
     return EPTrainingArguments(**{**defaults, **overrides})
 
 
+def hopfield_args(tmp_path, **overrides) -> EPTrainingArguments:
+    """``toy_args`` with the layered-only ``ep_settle_steps`` back at its default, which the hopfield energy requires."""
+    return toy_args(tmp_path, **{"ep_settle_steps": 2, **overrides})
+
+
 @pytest.fixture
 def dataset():
     return toy_images()

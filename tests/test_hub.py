@@ -38,6 +38,8 @@ from mep_hf.models import (
     EPCharTransformerForCausalLM,
     EPConvNetConfig,
     EPConvNetForImageClassification,
+    EPHopfieldConvNetConfig,
+    EPHopfieldMLPConfig,
     EPMLPConfig,
     EPMLPForImageClassification,
 )
@@ -226,16 +228,29 @@ def test_flat_remote_code_imports_no_mep_hf(objects):
         assert f"class {obj.__name__}(" in sources[obj.__module__.rpartition(".")[2] + ".py"]
 
 
-def test_flat_model_matches_mep_hf_model(tmp_path):
+@pytest.mark.parametrize(
+    "config",
+    [
+        EPConvNetConfig(num_channels=1, image_size=8, channels=[4], num_labels=3),
+        EPHopfieldMLPConfig(input_size=64, hidden_sizes=[8], num_labels=3, free_steps=5),
+        # The P-CNN's blocks have kernels on their fast path (ep_linearize, pruned from the flat code).
+        *(EPHopfieldConvNetConfig(image_size=8, channels=[4], kernel_size=3, padding=1, pool=pool, num_labels=3,
+                                  free_steps=5) for pool in ("max", "avg", "none")),
+    ],
+    ids=["convnet", "hopfield_mlp", "hopfield_cnn_max", "hopfield_cnn_avg", "hopfield_cnn_none"],
+)
+def test_flat_model_matches_mep_hf_model(tmp_path, config):
+    from transformers import AutoModelForImageClassification
+
     from mep_hf.hub.remote_code import flat_classes
 
     torch.manual_seed(0)
-    config = EPConvNetConfig(num_channels=1, image_size=8, channels=[4], num_labels=3)
-    model = EPConvNetForImageClassification(config).eval()
+    cls = AutoModelForImageClassification._model_mapping[type(config)]
+    model = cls(config).eval()
     model.save_pretrained(tmp_path / "m")
-    flat = flat_classes([EPConvNetConfig, EPConvNetForImageClassification], tmp_path / "flat")
-    twin = flat[EPConvNetForImageClassification].from_pretrained(tmp_path / "m").eval()
-    assert type(twin) is not EPConvNetForImageClassification
+    flat = flat_classes([type(config), cls], tmp_path / "flat")
+    twin = flat[cls].from_pretrained(tmp_path / "m").eval()
+    assert type(twin) is not cls
     x = torch.rand(5, 64)
     assert torch.equal(model(pixel_values=x).logits, twin(pixel_values=x).logits)
 

@@ -233,8 +233,18 @@ class HopfieldEnergy:
 
     name = "hopfield"
 
+    # SettleConfig fields only the layered energy reads, with the argument that sets each.
+    LAYERED_ONLY = {"mode": "ep_settle_mode", "steps": "ep_settle_steps", "lr": "ep_settle_lr", "memory": "ep_memory"}
+
     def check_config(self, config: SettleConfig) -> None:
-        pass  # the layered-only knobs (ep_settle_mode, ep_settle_steps, ep_settle_lr, ep_memory) are not read
+        """A layered-only knob set away from its default would be silently ignored here: refuse it."""
+        for name, flag in self.LAYERED_ONLY.items():
+            value, default = getattr(config, name), SettleConfig.__dataclass_fields__[name].default
+            if value != default:
+                raise ValueError(
+                    f"{flag}={value!r} is not read by the hopfield energy (its phases settle for ep_free_steps / "
+                    f"ep_nudged_steps steps, else the model's own); leave {flag} at its default {default!r}"
+                )
 
     @staticmethod
     def _schedule(stack: HopfieldStack, config: SettleConfig) -> tuple[int, int, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -44,7 +45,11 @@ class HopfieldConvPool(nn.Module):
         self.pool, self.pool_size = config.pool, config.pool_size
 
     def forward(self, s: Tensor) -> Tensor:
-        return self.ep_linearize(s).output
+        """The block itself, without the kernels (``ep_linearize`` computes the same output on its fast path)."""
+        z = self.conv(s)
+        if self.pool == "none":
+            return z
+        return (F.max_pool2d if self.pool == "max" else F.avg_pool2d)(z, self.pool_size, self.pool_size)
 
     def ep_linearize(self, s: Tensor) -> ConvPoolLinearization:
         return ConvPoolLinearization(self.conv, self.pool, self.pool_size, s)
