@@ -9,8 +9,10 @@ Methods: ``backprop`` (``Trainer``), ``backprop_checkpointed`` (``Trainer`` with
 Activation memory is the peak of live tensor bytes during one ``training_step`` (torch's allocation records,
 ``torch.profiler`` with ``profile_memory=True``) minus the gradients' bytes: what the step holds beyond the model
 and its gradients. Step time is the median of ``--repeats`` ``training_step`` calls, the methods interleaved.
-Writes ``transformer_memory.json`` (per stack the four ratios the issue asks for, and all raw numbers),
-``transformer_memory.md`` and ``transformer_memory.png`` into ``--output_dir``.
+FLOPs per step (:class:`CountFlops`) measure the work each method does, independent of the machine's load.
+Writes ``transformer_memory.json`` (per stack the four ratios the issue asks for), ``transformer_memory_raw.json``
+(every number), ``transformer_memory_tables.md`` and ``transformer_memory.png`` into ``--output_dir``
+(``docs/transformer_memory.md`` reads these tables).
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ def write(results: dict, out: Path) -> None:
     for name, row in results.items():
         w = row["work"]
         lines.append(f"| {name} | {w['low_flop_ratio_vs_checkpointing']:.2f} | {w['fast_flop_ratio_vs_backprop']:.2f} |")
-    (out / "transformer_memory.md").write_text("\n".join(lines) + "\n")
+    (out / "transformer_memory_tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 

@@ -74,3 +74,27 @@ def test_low_memory_mode_keeps_states_not_graphs():
     print({m: f"{g:.1f} residual streams per block" for m, g in growth.items()})
     assert growth["ep_low"] <= 3.0, growth
     assert growth["backprop"] >= 4 * growth["ep_low"] and growth["ep_fast"] >= 4 * growth["ep_low"], growth
+
+
+def test_flop_count_covers_matmuls_and_cpu_flash_attention():
+    """The transformer benchmark's work measure: 2·m·n·k per matrix product, and CPU flash attention (which torch's
+    own table lacks) at 4·b·h·s²·d forward and 2.5 times that backward (torch's formula: the recomputed scores and
+    four gradient products), with grouped key/value heads counted per query head."""
+    import torch
+    import torch.nn.functional as F
+
+    bench = _load_benchmark("transformer_memory")
+    x, w = torch.rand(8, 16, requires_grad=True), torch.rand(32, 16)
+    with bench.CountFlops() as flops:
+        F.linear(x, w).sum().backward()
+    assert flops.total == 2 * 8 * 16 * 32 + 2 * 8 * 32 * 16  # forward, and the input gradient (w needs none)
+    b, h, kv, s, d = 2, 4, 2, 16, 8
+    q = torch.rand(b, h, s, d, requires_grad=True)
+    k, v = torch.rand(b, kv, s, d), torch.rand(b, kv, s, d)
+    with bench.CountFlops() as flops:
+        out = F.scaled_dot_product_attention(q, k.repeat_interleave(h // kv, 1), v.repeat_interleave(h // kv, 1))
+    assert flops.total == 4 * b * h * s * s * d
+    with bench.CountFlops() as flops:
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        out.sum().backward()
+    assert flops.total == (1 + 2.5) * 4 * b * h * s * s * d
