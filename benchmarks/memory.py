@@ -31,6 +31,9 @@ from transformers import HfArgumentParser
 METHODS = ("backprop", "ep")
 MEASURES = ("tensors", "rss")
 
+# The trainers never save; Trainer still creates its output_dir. Removed when the process exits.
+SCRATCH = tempfile.TemporaryDirectory(prefix="mep_memory_")
+
 
 @dataclass
 class MemoryArguments:
@@ -75,7 +78,7 @@ def measure(args: MemoryArguments, method: str, depth: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = EPMLPForImageClassification(EPMLPConfig(input_size=784, hidden_sizes=[args.width] * depth, num_labels=10))
     batch = {"pixel_values": torch.rand(args.batch_size, 784), "labels": torch.randint(0, 10, (args.batch_size,))}
-    common = dict(output_dir=tempfile.mkdtemp(prefix="mep_memory_"), report_to="none", use_cpu=True)
+    common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=True)
     if method == "ep":
         ep = dict(ep_beta=0.01, ep_nudging=args.ep_nudging, ep_settle_steps=args.ep_settle_steps)
         trainer = EPTrainer(model=model, args=EPTrainingArguments(**common, **ep))

@@ -37,6 +37,9 @@ from mep_hf import EPTrainer, EPTrainingArguments
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import tensor_peak  # noqa: E402  (the allocation-record peak, shared with the MLP memory benchmark)
 
+# The trainers never save; Trainer still creates its output_dir. Removed when the process exits.
+SCRATCH = tempfile.TemporaryDirectory(prefix="mep_tm_")
+
 METHODS = ("backprop", "backprop_checkpointed", "ep_fast", "ep_low")
 
 
@@ -111,7 +114,7 @@ STACKS: dict[str, Callable] = {"char_transformer": char_transformer, "gpt2_small
 def make_trainer(method: str, state: dict, build: Callable):
     model = build()[0]
     model.load_state_dict(state)
-    common = dict(output_dir=tempfile.mkdtemp(prefix="mep_tm_"), report_to="none", use_cpu=True,
+    common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=True,
                   learning_rate=1e-4, lr_scheduler_type="constant")
     if method.startswith("ep"):
         args = EPTrainingArguments(**common, ep_beta=0.01, ep_nudging="positive", ep_settle_steps=1,
