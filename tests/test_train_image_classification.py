@@ -64,7 +64,7 @@ def test_random_shift_flip_moves_pixels_only_on_the_training_set(example):
     x = torch.rand(6, 28 * 28)
     ds = datasets.Dataset.from_dict({"pixel_values": x.numpy(), "labels": list(range(6))}).with_format("torch")
     torch.manual_seed(0)
-    aug = example.RandomShiftFlip(ds, shift=2, hflip=True)
+    aug = example.RandomShiftFlip(ds, shift=2, hflip=True, shape=(1, 28))
     assert len(aug) == 6 and aug[3]["labels"] == 3
     items = aug.__getitems__([0, 1, 2, 3, 4, 5])
     moved = 0
@@ -78,3 +78,44 @@ def test_random_shift_flip_moves_pixels_only_on_the_training_set(example):
         moved += not torch.equal(got, x[i].reshape(28, 28))
         assert item["labels"] == i
     assert moved >= 4
+
+
+def test_random_shift_flip_moves_the_channels_of_a_colour_image_together(example):
+    import datasets
+    import torch
+
+    x = torch.rand(4, 3, 32, 32)
+    ds = datasets.Dataset.from_dict({"pixel_values": x.reshape(4, -1).numpy(), "labels": [0, 1, 2, 3]})
+    torch.manual_seed(0)
+    items = example.RandomShiftFlip(ds.with_format("torch"), shift=3, hflip=True, shape=(3, 32)).__getitems__([0, 1, 2, 3])
+    for i, item in enumerate(items):
+        got = item["pixel_values"].reshape(3, 32, 32)
+        candidates = [torch.nn.functional.pad(image, (3, 3, 3, 3))[:, y : y + 32, c : c + 32]
+                      for image in (x[i], x[i].flip(-1)) for y in range(7) for c in range(7)]
+        assert any(torch.equal(got, c) for c in candidates), i  # one shift and flip for all three channels
+
+
+def test_cifar10_run_builds_a_colour_model(example, tmp_path, monkeypatch):
+    """--dataset cifar10 (the zoo card's command) on a stand-in for the Hub copy: no offline CIFAR-10 exists."""
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Array3D((32, 32, 3), "uint8"),
+                                  "label": datasets.ClassLabel(num_classes=10)})
+    fake = datasets.DatasetDict({
+        s: datasets.Dataset.from_dict({"img": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                                       "label": np.arange(n) % 10}, features=features)
+        for s, n in (("train", 5064), ("test", 20))
+    })
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, *a, **k: fake)
+    monkeypatch.setenv("MEP_HF_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["--dataset", "cifar10", "--model", "convnet", "--channels", "4", "--augment_shift", "2",
+            "--augment_hflip", "--max_train_samples", "64", "--per_device_train_batch_size", "32",
+            "--num_train_epochs", "1", "--num_threads", "1", "--use_cpu", "--report_to", "none",
+            "--output_dir", str(out)]
+    metrics = example.main(argv)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_channels"], config["image_size"]) == (3, 32)
+    assert 0 <= metrics["test_accuracy"] <= 1

@@ -59,8 +59,10 @@ def _build(hub_id: str, validation_size: int) -> datasets.DatasetDict:
 
 
 def load_cifar10(
-    hub_id: str = CIFAR10_HUB_ID, cache_dir: str | os.PathLike | None = None, validation_size: int = 5000
+    hub_id: str | None = None, cache_dir: str | os.PathLike | None = None, validation_size: int = 5000
 ) -> datasets.DatasetDict:
-    """CIFAR-10 train / validation / test, torch-formatted, for ``EPConvNetForImageClassification``."""
+    """CIFAR-10 train / validation / test, torch-formatted, for ``EPConvNetForImageClassification``; from the Hub
+    dataset ``hub_id`` (default ``uoft-cs/cifar10``)."""
+    hub_id = hub_id or CIFAR10_HUB_ID
     target = resolve_cache_dir(cache_dir) / ("cifar10-" + hub_id.replace("/", "--"))
     return load_or_build(target, lambda: _build(hub_id, validation_size)).with_format("torch")
