@@ -30,6 +30,7 @@ with the checkpoint folder before ``train(resume_from_checkpoint=...)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -185,20 +186,22 @@ def estimate_fisher(trainer: Trainer, dataset, num_samples: int | None = None, e
     saved_accumulation = getattr(trainer, "current_gradient_accumulation_steps", None)
     trainer.current_gradient_accumulation_steps = 1  # one example's loss, not a share of an accumulation window
     was_training = model.training
+    context = trainer.outside_training() if gradients == "ep" else contextlib.nullcontext()
     try:
-        for batch in trainer.get_test_dataloader(dataset):
-            batch = trainer._prepare_inputs(batch)
-            if estimator == "true":
-                batch["labels"] = _sample_labels(trainer, model, batch, generator)
-            size = len(batch["labels"])
-            for i in range(size):
-                example = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
-                model.zero_grad(set_to_none=True)
-                step(model, example, num_items_in_batch=1)
-                for n, p in params.items():
-                    if p.grad is not None:
-                        fisher[n] += p.grad.detach() ** 2
-            count += size
+        with context:
+            for batch in trainer.get_test_dataloader(dataset):
+                batch = trainer._prepare_inputs(batch)
+                if estimator == "true":
+                    batch["labels"] = _sample_labels(trainer, model, batch, generator)
+                size = len(batch["labels"])
+                for i in range(size):
+                    example = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
+                    model.zero_grad(set_to_none=True)
+                    step(model, example, num_items_in_batch=1)
+                    for n, p in params.items():
+                        if p.grad is not None:
+                            fisher[n] += p.grad.detach() ** 2
+                count += size
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
