@@ -47,7 +47,7 @@ class BenchmarkArguments:
                                  metadata={"help": "EWC λ grid, searched on validation data."})
     max_train_samples: int = field(default=20000, metadata={"help": "Training rows per task."})
     max_eval_samples: int = field(default=5000, metadata={"help": "Validation and test rows per task."})
-    fisher_samples: int = field(default=500, metadata={"help": "Rows per task for the Fisher estimate."})
+    fisher_samples: int = field(default=200, metadata={"help": "Rows per task for the Fisher estimate."})
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256], metadata={"help": "MLP hidden widths."})
     skip_permuted_10: bool = field(default=False, metadata={"help": "Leave out the 10-task permuted run."})
     num_threads: int = field(default=1, metadata={"help": "torch threads."})
