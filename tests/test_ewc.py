@@ -166,3 +166,13 @@ def test_missing_or_corrupt_ewc_state_is_refused(tmp_path, damage):
     if damage == "missing":
         with pytest.raises(CheckpointIntegrityError, match=EWC_STATE_NAME):
             EWCCallback(50.0).load_checkpoint_state(checkpoint)
+
+
+def test_resume_with_another_lambda_is_refused(tmp_path):
+    ewc = _consolidated(toy_model(), ewc_lambda=3.0)
+    ewc.save_checkpoint_state(str(tmp_path))
+    with pytest.raises(CheckpointIntegrityError, match="ewc_lambda=3"):
+        EWCCallback(2.0).load_checkpoint_state(str(tmp_path))
+    same = EWCCallback(3.0)
+    same.load_checkpoint_state(str(tmp_path), toy_model())
+    assert all(torch.equal(same.anchor[k], v) for k, v in ewc.anchor.items())

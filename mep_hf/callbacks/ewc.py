@@ -126,9 +126,14 @@ class EWCCallback(TrainerCallback):
             tensors = load_file(path)
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
-            num_tasks = int(metadata["num_tasks"])
+            num_tasks, saved = int(metadata["num_tasks"]), (float(metadata["ewc_lambda"]), float(metadata["gamma"]))
         except (SafetensorError, KeyError, ValueError, OSError) as err:
             raise CheckpointIntegrityError(f"{path} is not a readable EWC state ({err})") from None
+        if saved != (self.ewc_lambda, self.gamma):
+            raise CheckpointIntegrityError(
+                f"{path} was saved with ewc_lambda={saved[0]:g}, gamma={saved[1]:g}, but this EWCCallback has "
+                f"ewc_lambda={self.ewc_lambda:g}, gamma={self.gamma:g}: the resumed run would not continue the saved "
+                "one. Build the callback with the saved values.")
         fisher = {k[len("fisher."):]: v for k, v in tensors.items() if k.startswith("fisher.")}
         anchor = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}
         if set(fisher) != set(anchor) or len(fisher) + len(anchor) != len(tensors):
