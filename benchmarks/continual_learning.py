@@ -90,7 +90,7 @@ def fisher_agreement(bench: BenchmarkArguments, args: EPTrainingArguments) -> di
     ep = estimate_fisher(trainer, rows, gradients="ep", seed=args.seed)
     bp = estimate_fisher(trainer, rows, gradients="backprop", seed=args.seed)
     per_tensor = {name: {"relative_difference": float((ep[name] - bp[name]).norm() / bp[name].norm()),
-                         "cosine": float(torch.nn.functional.cosine_similarity(ep[name].flatten(), bp[name].flatten(), 0))}
+                         "cosine": float(torch.cosine_similarity(ep[name].flatten(), bp[name].flatten(), 0))}
                   for name in bp}
     return {"rows": bench.fisher_samples, "per_tensor": per_tensor, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -120,12 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     summary = {key: {name: {m: r["test"][m] for m in ("average_accuracy", "average_forgetting")}
                      for name, r in runs.items()} for key, runs in raw.items()}
     (out / "continual_learning.json").write_text(json.dumps(summary, indent=1) + "\n")
-    info = {"command": command_line(), "cpu": cpu_model(), "threads": bench.num_threads, "seconds": round(total + fisher["seconds"], 1),
+    info = {"command": command_line(), "cpu": cpu_model(), "threads": bench.num_threads,
+            "seconds": round(total + fisher["seconds"], 1),
             "benchmark": dataclasses.asdict(bench),
             "ep": {"ep_beta": args.ep_beta, "ep_nudging": args.ep_nudging, "ep_settle_mode": args.ep_settle_mode,
                    "ep_settle_steps": args.ep_settle_steps},
             "training": {"learning_rate": args.learning_rate, "batch_size": args.per_device_train_batch_size,
-                         "epochs_per_task": args.num_train_epochs, "optimizer": getattr(args.optim, "value", str(args.optim)),
+                         "epochs_per_task": args.num_train_epochs,
+                         "optimizer": getattr(args.optim, "value", str(args.optim)),
                          "seed": args.seed}}
     (out / "continual_learning_raw.json").write_text(
         json.dumps({"info": info, "fisher_ep_vs_backprop": fisher, "runs": raw}, indent=1) + "\n")

@@ -109,8 +109,8 @@ def run_sequence(tasks: TaskSequence, cl: ContinualArguments, args: EPTrainingAr
         if cl.ewc_lambda > 0 and t < len(tasks) - 1:
             ewc.consolidate(trainer, task["train"], num_samples=cl.fisher_samples, seed=args.seed + t)
         for split in splits:
-            row = [trainer.evaluate(_head(other[split], cl.max_eval_samples), metric_key_prefix=split)[f"{split}_accuracy"]
-                   for other in tasks]
+            row = [trainer.evaluate(_head(other[split], cl.max_eval_samples), metric_key_prefix=split)
+                   [f"{split}_accuracy"] for other in tasks]
             matrices[split].append(row)
         print(f"after task {t}: test accuracy " + " ".join(f"{a:.4f}" for a in matrices[splits[-1]][-1]), flush=True)
     return {split: {"matrix": m, **summarize(m)} for split, m in matrices.items()}
