@@ -45,3 +45,23 @@ def test_continual_example_runs_ep_with_ewc(tmp_path, example, capsys):
     printed = capsys.readouterr().out
     assert "after task 4: test accuracy" in printed
     assert "'ep_energy'" in printed  # trained by EP: EPTrainer logs the settling diagnostics beside the loss
+
+
+def test_benchmark_results_have_the_issue_shape_and_match_the_report():
+    """``docs/continual_learning.json`` (written by ``benchmarks/continual_learning.py``): fractions per sequence and
+    method, the numbers the report shows, and the issue's targets as measured."""
+    docs = EXAMPLES.parent / "docs"
+    summary = json.loads((docs / "continual_learning.json").read_text())
+    report = (docs / "continual_learning.md").read_text()
+    assert {"permuted_mnist", "split_mnist"} <= set(summary)
+    for runs in summary.values():
+        assert set(runs) == {"ep", "ep_ewc", "backprop", "backprop_ewc"}
+        for name, result in runs.items():
+            assert set(result) == {"average_accuracy", "average_forgetting"}
+            assert 0 <= result["average_accuracy"] <= 1 and -1 <= result["average_forgetting"] <= 1
+            assert f"| {result['average_accuracy']:.4f} | {result['average_forgetting']:.4f} |" in report
+    permuted = summary["permuted_mnist"]
+    assert permuted["ep_ewc"]["average_forgetting"] < 0.10
+    for method in ("", "_ewc"):
+        gap = permuted[f"ep{method}"]["average_accuracy"] - permuted[f"backprop{method}"]["average_accuracy"]
+        assert abs(gap) <= 0.01
