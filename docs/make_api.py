@@ -18,6 +18,7 @@ MODULES = [
     "mep_hf.models",
     "mep_hf.adapters",
     "mep_hf.data",
+    "mep_hf.callbacks",
     "mep_hf.optim",
     "mep_hf.metrics",
     "mep_hf.hub",

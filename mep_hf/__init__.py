@@ -1,13 +1,14 @@
 """mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer.
 
 Train: :class:`EPTrainer` + :class:`EPTrainingArguments`. Models: the EP-native ones here (Auto-registered) or any
-stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Optimizers:
+stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Continual learning: :class:`EWCCallback` (``mep_hf.callbacks``). Optimizers:
 ``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model zoo: ``mep_hf.hub``. The algorithm:
 ``mep_hf.equilibrium``.
 """
 
-from . import adapters, data, hub, metrics, optim
+from . import adapters, callbacks, data, hub, metrics, optim
 from .adapters import prepare_ep_model
+from .callbacks import EWCCallback
 from .checkpointing import CheckpointIntegrityError
 from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
 from .guard import TrainingDivergedError
@@ -49,11 +50,13 @@ __all__ = [
     "EPMLPForImageClassification",
     "EPTrainer",
     "EPTrainingArguments",
+    "EWCCallback",
     "SettleConfig",
     "SettlingDivergedError",
     "TrainingDivergedError",
     "adapters",
     "build_optimizer",
+    "callbacks",
     "configure_threads",
     "data",
     "free_phase",

@@ -20,6 +20,11 @@ refuses, naming the file, a checkpoint with a file missing, truncated or changed
 ``ep_resume_without_optimizer_state``), or whose weights or model type do not fit the model. Rotation keeps the
 ``save_total_limit`` newest checkpoints, the best one, and the one saved at the lowest training loss: a run that
 drifts upwards never deletes its last healthy state.
+
+Callbacks with state of their own (e.g. :class:`~mep_hf.callbacks.EWCCallback`'s Fisher and anchors) join the
+checkpoint through a two-method protocol, :class:`CheckpointStateCallback`: ``save_checkpoint_state(folder)`` writes
+their files into the staged folder before the manifest (so they are hashed and verified like the rest), and
+``load_checkpoint_state(folder, model)`` reads them back after verification.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import os
 import re
 import shutil
+from typing import Protocol, runtime_checkable
 
 from safetensors import SafetensorError, safe_open
 from torch import nn
@@ -42,6 +48,19 @@ OPTIMIZER_STATE_FILES = ("optimizer.pt", "scheduler.pt")
 
 class CheckpointIntegrityError(ValueError):
     """A checkpoint cannot be resumed from as it is: a file is missing, damaged or does not fit the model."""
+
+
+@runtime_checkable
+class CheckpointStateCallback(Protocol):
+    """A ``TrainerCallback`` whose state is part of the Trainer's checkpoints (see the module docstring)."""
+
+    def save_checkpoint_state(self, folder: str) -> None: ...
+
+    def load_checkpoint_state(self, folder: str, model: nn.Module | None = None) -> None: ...
+
+
+def _stateful_callbacks(trainer) -> list[CheckpointStateCallback]:
+    return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CheckpointStateCallback)]
 
 
 def _sha256(path: str) -> str:
@@ -271,7 +290,10 @@ class AtomicCheckpointMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         verify_checkpoint(resume_from_checkpoint, getattr(self.args, "ep_resume_without_optimizer_state", False))
-        check_weights_fit(model if model is not None else self.model, resume_from_checkpoint)
+        model = model if model is not None else self.model
+        check_weights_fit(model, resume_from_checkpoint)
+        for callback in _stateful_callbacks(self):
+            callback.load_checkpoint_state(resume_from_checkpoint, model)
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _save_checkpoint(self, model, trial):
@@ -306,6 +328,8 @@ class AtomicCheckpointMixin:
 
         self.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
         if self.args.should_save:
+            for callback in _stateful_callbacks(self):
+                callback.save_checkpoint_state(staged)
             write_manifest(staged, global_step=self.state.global_step, train_loss=self._checkpoint_train_loss())
             publish(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)

@@ -10,6 +10,7 @@ gradient accumulation, backpropagates it (fp16 loss scale included), clips, step
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections import defaultdict
@@ -166,6 +167,18 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             self._ep_metrics[key].append(value)
         loss = contrast - contrast.detach() + free_loss
         return (loss, None) if return_outputs else loss
+
+    @contextlib.contextmanager
+    def outside_training(self):
+        """For EP gradients taken outside the training loop (e.g. :func:`mep_hf.callbacks.estimate_fisher`'s
+        per-example ones): those losses are not training losses, so the divergence guard does not see them (only a
+        non-finite loss still stops) and their settling diagnostics are not logged."""
+        guard, ep_metrics = self._loss_guard, self._ep_metrics
+        self._loss_guard, self._ep_metrics = LossGuard(0, 1), defaultdict(list)
+        try:
+            yield
+        finally:
+            self._loss_guard, self._ep_metrics = guard, ep_metrics
 
     def _trainer_loss(self, model: nn.Module, stack: BlockStack, inputs: dict, num_items_in_batch):
         """``s_L ↦ Trainer.compute_loss`` of the model whose output state is ``s_L``: the loss EP nudges with."""
