@@ -23,6 +23,8 @@ from .models import (
     EPHopfieldMLPForImageClassification,
     EPMLPConfig,
     EPMLPForImageClassification,
+    EPResidualMLPConfig,
+    EPResidualMLPForImageClassification,
 )
 from .optim import PRESETS, build_optimizer
 from .runtime import configure_threads
@@ -47,6 +49,8 @@ __all__ = [
     "EPHopfieldMLPForImageClassification",
     "EPMLPConfig",
     "EPMLPForImageClassification",
+    "EPResidualMLPConfig",
+    "EPResidualMLPForImageClassification",
     "EPTrainer",
     "EPTrainingArguments",
     "SettleConfig",
