@@ -6,4 +6,10 @@ from .dense import DENSE_ACTIVATIONS, DenseLinearization
 from .linear_maps import ConvPoolLinearization, LinearMapLinearization
 from .residual import ResidualDenseLinearization
 
-__all__ = ["DENSE_ACTIVATIONS", "ConvPoolLinearization", "DenseLinearization", "LinearMapLinearization", "ResidualDenseLinearization"]
+__all__ = [
+    "DENSE_ACTIVATIONS",
+    "ConvPoolLinearization",
+    "DenseLinearization",
+    "LinearMapLinearization",
+    "ResidualDenseLinearization",
+]
