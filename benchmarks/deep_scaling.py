@@ -216,6 +216,26 @@ def write_docs(args: DeepScalingArguments) -> None:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
 
 
+def checks(records: dict[int, dict]) -> list[str]:
+    """The issue's claims, read off the records: accuracy, a falling loss without divergence, EP memory ≤ backprop."""
+    lines = []
+    for d, r in records.items():
+        t = r.get("train")
+        if t is None:
+            lines.append(f"* depth {d:,}: training did not finish (probe only).")
+            continue
+        falling = "falling" if t["loss_last"] < t["loss_first"] else "NOT falling"
+        stopped = f"stopped by the divergence guard: {t['diverged']}" if t["diverged"] else "no divergence"
+        lines.append(f"* depth {d:,}: {t['steps']} EP steps, test accuracy {t['ep_test_accuracy']:.4f}, loss "
+                     f"{t['loss_first']:.3f} → {t['loss_last']:.3f} ({falling}, {stopped}).")
+    for mode in ("low", "fast"):
+        ratios = {d: r["probe"]["ratios"][f"ep_{mode}_memory"] for d, r in records.items()}
+        worst = max(ratios, key=ratios.get)
+        lines.append(f"* EP `ep_memory=\"{mode}\"` peak / backprop peak: at most {ratios[worst]:.2f} (depth {worst:,}); "
+                     + ("≤ 1 at every depth." if ratios[worst] <= 1 else "above 1 at some depth."))
+    return lines
+
+
 def markdown(records: dict[int, dict]) -> str:
     """``docs/deep_scaling.md``: every measured number, the command that reproduces it, the machine and its load."""
     lines = [
@@ -230,6 +250,8 @@ def markdown(records: dict[int, dict]) -> str:
         "gradients; no optimizer); peak = peak of live tensor bytes during a `training_step`, gradients included",
         "(`tensor_peak` of `benchmarks/memory.py`). Training s/step: the Trainer's wall time per step (data,",
         "optimizer, logging included).",
+        "",
+        *checks(records),
         "",
         "| depth | width | batch | params | steps | EP test acc. | loss first → last | s/step (training) | "
         "EP fast / EP low / backprop step (s) | EP low / backprop time | EP fast / EP low / backprop peak (MiB) | "
