@@ -183,8 +183,24 @@ def load_records(args: DeepScalingArguments) -> dict[int, dict]:
     records = {}
     for path in Path(args.output_dir).glob("depth_*/deep_scaling.json"):
         record = json.loads(path.read_text())
+        checkpoint = get_last_checkpoint(str(path.parent))
+        if "train" not in record and checkpoint is not None:
+            record["train"] = from_checkpoint(Path(checkpoint))
         records[record["depth"]] = record
     return dict(sorted(records.items()))
+
+
+def from_checkpoint(checkpoint: Path) -> dict:
+    """What a cut-off training run measured up to its last checkpoint (the Trainer's ``trainer_state.json``)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    losses = [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+    return {"ep_test_accuracy": None, "steps": state["global_step"], "loss_first": losses[0][1],
+            "loss_last": losses[-1][1], "losses": losses, "diverged": None, "train_seconds": None,
+            "seconds_per_step": None, "cut_off_at": checkpoint.name}
+
+
+def number(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def summary(record: dict) -> dict:
@@ -226,13 +242,15 @@ def checks(records: dict[int, dict]) -> list[str]:
             continue
         falling = "falling" if t["loss_last"] < t["loss_first"] else "NOT falling"
         stopped = f"stopped by the divergence guard: {t['diverged']}" if t["diverged"] else "no divergence"
-        lines.append(f"* depth {d:,}: {t['steps']} EP steps, test accuracy {t['ep_test_accuracy']:.4f}, loss "
-                     f"{t['loss_first']:.3f} → {t['loss_last']:.3f} ({falling}, {stopped}).")
+        cut = f" (cut off; measured up to {t['cut_off_at']})" if t.get("cut_off_at") else ""
+        accuracy = number(t["ep_test_accuracy"], ".4f")
+        lines.append(f"* depth {d:,}: {t['steps']} EP steps{cut}, test accuracy {accuracy}, "
+                     f"loss {t['loss_first']:.3f} → {t['loss_last']:.3f} ({falling}, {stopped}).")
     for mode in ("low", "fast"):
         ratios = {d: r["probe"]["ratios"][f"ep_{mode}_memory"] for d, r in records.items()}
         worst = max(ratios, key=ratios.get)
-        lines.append(f"* EP `ep_memory=\"{mode}\"` peak / backprop peak: at most {ratios[worst]:.2f} (depth {worst:,}); "
-                     + ("≤ 1 at every depth." if ratios[worst] <= 1 else "above 1 at some depth."))
+        lines.append(f"* EP `ep_memory=\"{mode}\"` peak / backprop peak: at most {ratios[worst]:.2f} "
+                     f"(depth {worst:,}); " + ("≤ 1 at every depth." if ratios[worst] <= 1 else "above 1 at some depth."))
     return lines
 
 
@@ -260,8 +278,9 @@ def markdown(records: dict[int, dict]) -> str:
     ]
     for d, r in records.items():
         p, t, s = r["probe"], r.get("train"), r["settings"]
-        trained = (f"{t['steps']} | {t['ep_test_accuracy']:.4f} | {t['loss_first']:.3f} → {t['loss_last']:.3f} | "
-                   f"{t['seconds_per_step']:.3f}") if t else "not finished | – | – | –"
+        trained = "not finished | – | – | –" if t is None else (
+            f"{t['steps']} | {number(t['ep_test_accuracy'], '.4f')} | {t['loss_first']:.3f} → {t['loss_last']:.3f} | "
+            f"{number(t['seconds_per_step'], '.3f')}")
         lines.append(
             f"| {d:,} | {s['hidden_size']} | {s['batch_size']} | {r['parameters']:,} | {trained} | "
             + " / ".join(f"{p[m]['step_s']:.3f}" for m in ("ep_fast", "ep_low", "backprop"))
@@ -280,7 +299,7 @@ def markdown(records: dict[int, dict]) -> str:
     for d, r in records.items():
         info = r.get("train", {}).get("run_info", {}).get("machine", {})
         end = info.get("load_average_at_end", "–")
-        seconds = f"{r['train']['train_seconds']:.0f}" if "train" in r else "–"
+        seconds = number(r.get("train", {}).get("train_seconds"), ".0f")
         lines.append(f"| {d:,} | `{r['command']}` | {r['machine']} | {r['load_average_at_start']} → {end} | "
                      f"{seconds} |")
     return "\n".join(lines) + "\n"
