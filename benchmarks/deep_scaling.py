@@ -249,8 +249,9 @@ def checks(records: dict[int, dict]) -> list[str]:
     for mode in ("low", "fast"):
         ratios = {d: r["probe"]["ratios"][f"ep_{mode}_memory"] for d, r in records.items()}
         worst = max(ratios, key=ratios.get)
+        verdict = "≤ 1 at every depth" if ratios[worst] <= 1 else "above 1 at some depth"
         lines.append(f"* EP `ep_memory=\"{mode}\"` peak / backprop peak: at most {ratios[worst]:.2f} "
-                     f"(depth {worst:,}); " + ("≤ 1 at every depth." if ratios[worst] <= 1 else "above 1 at some depth."))
+                     f"(depth {worst:,}): {verdict}.")
     return lines
 
 
