@@ -24,6 +24,8 @@ from .models import (
     EPHopfieldMLPForImageClassification,
     EPMLPConfig,
     EPMLPForImageClassification,
+    EPResidualMLPConfig,
+    EPResidualMLPForImageClassification,
 )
 from .optim import PRESETS, build_optimizer
 from .runtime import configure_threads
@@ -48,6 +50,8 @@ __all__ = [
     "EPHopfieldMLPForImageClassification",
     "EPMLPConfig",
     "EPMLPForImageClassification",
+    "EPResidualMLPConfig",
+    "EPResidualMLPForImageClassification",
     "EPTrainer",
     "EPTrainingArguments",
     "EWCCallback",

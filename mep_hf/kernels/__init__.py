@@ -4,5 +4,12 @@ covers every other block; a block opts in through ``ep_linearize(state)``."""
 
 from .dense import DENSE_ACTIVATIONS, DenseLinearization
 from .linear_maps import ConvPoolLinearization, LinearMapLinearization
+from .residual import ResidualDenseLinearization
 
-__all__ = ["DENSE_ACTIVATIONS", "ConvPoolLinearization", "DenseLinearization", "LinearMapLinearization"]
+__all__ = [
+    "DENSE_ACTIVATIONS",
+    "ConvPoolLinearization",
+    "DenseLinearization",
+    "LinearMapLinearization",
+    "ResidualDenseLinearization",
+]

@@ -18,9 +18,14 @@ from .hopfield import (
     EPHopfieldMLPForImageClassification,
 )
 from .mlp import EPMLPConfig, EPMLPForImageClassification
+from .residual_mlp import EPResidualMLPConfig, EPResidualMLPForImageClassification
 
 AutoConfig.register(EPMLPConfig.model_type, EPMLPConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPMLPConfig, EPMLPForImageClassification, exist_ok=True)
+AutoConfig.register(EPResidualMLPConfig.model_type, EPResidualMLPConfig, exist_ok=True)
+AutoModelForImageClassification.register(
+    EPResidualMLPConfig, EPResidualMLPForImageClassification, exist_ok=True
+)
 AutoConfig.register(EPConvNetConfig.model_type, EPConvNetConfig, exist_ok=True)
 AutoModelForImageClassification.register(EPConvNetConfig, EPConvNetForImageClassification, exist_ok=True)
 AutoConfig.register(EPHopfieldMLPConfig.model_type, EPHopfieldMLPConfig, exist_ok=True)
@@ -32,7 +37,7 @@ AutoModelForImageClassification.register(
 AutoConfig.register(EPCharTransformerConfig.model_type, EPCharTransformerConfig, exist_ok=True)
 AutoModelForCausalLM.register(EPCharTransformerConfig, EPCharTransformerForCausalLM, exist_ok=True)
 AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharTokenizer, exist_ok=True)
-for _config in (EPMLPConfig, EPConvNetConfig, EPHopfieldMLPConfig, EPHopfieldConvNetConfig):
+for _config in (EPMLPConfig, EPResidualMLPConfig, EPConvNetConfig, EPHopfieldMLPConfig, EPHopfieldConvNetConfig):
     AutoImageProcessor.register(_config, image_processor_classes={"pil": EPImageProcessor}, exist_ok=True)
 
 __all__ = [
@@ -48,4 +53,6 @@ __all__ = [
     "EPCharTransformerForCausalLM",
     "EPMLPConfig",
     "EPMLPForImageClassification",
+    "EPResidualMLPConfig",
+    "EPResidualMLPForImageClassification",
 ]
