@@ -42,6 +42,7 @@ from mep_hf.models import (
     EPHopfieldMLPConfig,
     EPMLPConfig,
     EPMLPForImageClassification,
+    EPResidualMLPConfig,
 )
 from mep_hf.models.char_transformer.tokenization_ep_char_fast import char_tokenizer_fast_from
 from mep_hf.models.image_processing_ep import EPImageProcessor
@@ -233,11 +234,12 @@ def test_flat_remote_code_imports_no_mep_hf(objects):
     [
         EPConvNetConfig(num_channels=1, image_size=8, channels=[4], num_labels=3),
         EPHopfieldMLPConfig(input_size=64, hidden_sizes=[8], num_labels=3, free_steps=5),
+        EPResidualMLPConfig(input_size=64, hidden_size=8, num_blocks=3, num_labels=3),
         # The P-CNN's blocks have kernels on their fast path (ep_linearize, pruned from the flat code).
         *(EPHopfieldConvNetConfig(image_size=8, channels=[4], kernel_size=3, padding=1, pool=pool, num_labels=3,
                                   free_steps=5) for pool in ("max", "avg", "none")),
     ],
-    ids=["convnet", "hopfield_mlp", "hopfield_cnn_max", "hopfield_cnn_avg", "hopfield_cnn_none"],
+    ids=["convnet", "hopfield_mlp", "residual_mlp", "hopfield_cnn_max", "hopfield_cnn_avg", "hopfield_cnn_none"],
 )
 def test_flat_model_matches_mep_hf_model(tmp_path, config):
     from transformers import AutoModelForImageClassification

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 from ...kernels import ResidualDenseLinearization
-from ...modeling_utils import EPPreTrainedModel, ImageBlockChainMixin, check_features
-from ..mlp.modeling_ep_mlp import EPDenseBlock
+from ...modeling_utils import ImageBlockChainMixin, check_features
+from ..mlp.modeling_ep_mlp import EPDenseBlock, EPMLPPreTrainedModel
 from .configuration_ep_residual_mlp import EPResidualMLPConfig
 
 
@@ -49,21 +48,15 @@ class EPResidualHead(nn.Module):
         return self.linear(self.norm(s))
 
 
-class EPResidualMLPPreTrainedModel(EPPreTrainedModel):
+class EPResidualMLPPreTrainedModel(EPMLPPreTrainedModel):
+    """The MLP's initialization (Glorot-uniform weights, zero biases). A branch ``act(W·LN(s))`` then has O(1)
+    entries whatever the width; scaled by α = 1/√depth, the sum of ``num_blocks`` of them (random-signed at init)
+    moves the residual stream by O(1) at any depth, and each block's Jacobian is ``I + O(1/√depth)``, so the product
+    of 10,000 of them neither explodes nor vanishes. A zero-initialized branch would be stable too, but every block
+    would then see the same state and get the same gradient, and stay identical for ever."""
+
     config_class = EPResidualMLPConfig
     base_model_prefix = "residual_mlp"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-
-    def _init_weights(self, module):
-        """Glorot-uniform weights and zero biases, as the MLP. A branch ``act(W·LN(s))`` then has O(1) entries
-        whatever the width; scaled by α = 1/√depth, the sum of ``num_blocks`` of them (random-signed at init) moves
-        the residual stream by O(1) at any depth, and each block's Jacobian is ``I + O(1/√depth)``, so the product
-        of 10,000 of them neither explodes nor vanishes. A zero-initialized branch would be stable too, but every
-        block would then see the same state and get the same gradient, and stay identical for ever."""
-        if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
-            init.zeros_(module.bias)
 
 
 class EPResidualMLPForImageClassification(ImageBlockChainMixin, EPResidualMLPPreTrainedModel):
