@@ -11,11 +11,6 @@ seconds, machine, torch, date) to ``--output_dir``; resumes from its last checkp
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +28,7 @@ from mep_hf import (
     EPTrainingArguments,
 )
 from mep_hf.data import load_mnist
+from run_utils import write_run_info
 
 
 @dataclass
@@ -109,17 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.save_metrics("eval", valid)
     test = trainer.evaluate(mnist["test"], metric_key_prefix="test")
     trainer.save_metrics("test", test)
-    info = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "train_seconds": round(seconds, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
-                   f"load average {os.getloadavg()[0]:.1f} at the end",
-        "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(),
-    }
     if args.should_save:
-        with open(os.path.join(args.output_dir, "run_info.json"), "w") as f:
-            json.dump(info, f, indent=2)
+        write_run_info(args.output_dir, seconds, dataset="mnist", model=model_args.model,
+                       num_parameters=model.num_parameters())
     print(f"test accuracy {test['test_accuracy']:.4f}; validation {valid['eval_accuracy']:.4f}; {seconds:.0f} s training")
     return test
 

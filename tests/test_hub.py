@@ -260,12 +260,15 @@ def test_flat_model_matches_mep_hf_model(tmp_path, config):
 # --------------------------------------------------------------------------- package -> publish -> pull -> use
 def test_package_publish_pull_and_use(hub, image_run, tmp_path):
     import mep_hf  # noqa: F401  (with mep_hf installed: no remote code needed)
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, pipeline
 
     run, test = image_run
     zoo = tmp_path / "model_zoo" / "toy_mlp"
     assert zoo_cli(["package", str(run), str(zoo)]) == 0
-    assert 'model="mep-hf/toy_mlp"' in (zoo / "README.md").read_text()
+    card = (zoo / "README.md").read_text()
+    assert 'model="mep-hf/toy_mlp"' in card
+    # The model section is the config's own description (each family describes itself; none falls back to its type).
+    assert f"(mep-hf): {AutoConfig.from_pretrained(zoo).describe_architecture()}." in card
     assert zoo_cli(["publish", str(zoo), "zoo-org/toy_mlp"]) == 0
     served = hub.files("zoo-org/toy_mlp")
     assert 'model="zoo-org/toy_mlp"' in served["README.md"].decode() and b"mep-hf/toy_mlp" not in served["README.md"]
@@ -529,3 +532,13 @@ def test_index_is_generated_from_the_cards(image_run, tmp_path):
 
 def test_repository_zoo_index_is_current():
     assert write_index(ROOT / "model_zoo", check=True), "model_zoo/README.md is stale: run `mep-hf-zoo index`"
+
+
+def test_every_ep_native_family_describes_itself_for_model_cards():
+    import mep_hf.models as models
+
+    configs = [getattr(models, n) for n in models.__all__ if n.endswith("Config")]
+    assert len(configs) >= 6
+    for config_class in configs:
+        text = config_class().describe_architecture()
+        assert isinstance(text, str) and len(text) > 20 and config_class.model_type not in text, config_class

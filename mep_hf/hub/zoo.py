@@ -279,22 +279,10 @@ def _results(run: Run, task: TaskSpec, spec: DatasetSpec | None, dataset: str | 
 
 
 def _describe_model(model, config) -> str:
-    n = model.num_parameters()
-    kind = type(model).__name__
-    if config.model_type == "ep_mlp":
-        sizes = [config.input_size, *config.hidden_sizes, config.num_labels]
-        shape = f"MLP {'-'.join(map(str, sizes))}, {config.activation}, each Linear(+activation) one EP block"
-    elif config.model_type == "ep_convnet":
-        shape = (f"conv net: {len(config.channels)} blocks conv{config.kernel_size}x{config.kernel_size} "
-                 f"({', '.join(map(str, config.channels))} channels) + {config.activation} + {config.pool} pool, "
-                 f"then a linear read-out; input {config.num_channels}x{config.image_size}x{config.image_size}")
-    elif config.model_type == "ep_char_transformer":
-        shape = (f"pre-LN decoder-only transformer over characters: {config.num_hidden_layers} blocks, width "
-                 f"{config.hidden_size}, {config.num_attention_heads} heads, context {config.max_position_embeddings}, "
-                 f"vocabulary {config.vocab_size}; EP blocks: embedding, each transformer block, head")
-    else:
-        shape = config.model_type
-    return f"`{kind}` (mep-hf): {shape}. {n:,} parameters, float32 safetensors."
+    """The config's own one-line description (``describe_architecture``), else its model type."""
+    describe = getattr(config, "describe_architecture", None)
+    shape = describe() if describe is not None else config.model_type
+    return f"`{type(model).__name__}` (mep-hf): {shape}. {model.num_parameters():,} parameters, float32 safetensors."
 
 
 def _card(run, name, repo_id, task, spec, dataset, model, curve, baseline_run) -> ModelCard:

@@ -57,6 +57,12 @@ class EPHopfieldMLPConfig(PreTrainedConfig):
     settle_tol: float = 0.0
     initializer_gain: float = 1.0
 
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        sizes = [self.input_size, *self.hidden_sizes, self.num_labels]
+        return (f"Hopfield P-MLP {'-'.join(map(str, sizes))} (classic EP: states in [0, 1] settle to the energy's "
+                f"minimum, {self.free_steps} free / {self.nudged_steps} nudged steps), {self.loss} loss")
+
     def validate_architecture(self):
         if self.input_size < 1 or any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"sizes must be positive, got input_size={self.input_size}, hidden={self.hidden_sizes}")

@@ -377,7 +377,8 @@ class EPHopfieldPreTrainedModel(EPPreTrainedModel):
                 init.uniform_(module.bias, -bound, bound)
 
     def _pixels(self, pixel_values: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """The validated input state ``s_0``, shaped for the first block (each model class defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _pixels(pixel_values) -> Tensor")
 
     def _stack(self, pixel_values: Tensor | None, labels: Tensor | None) -> HopfieldStack:
         c = self.config

@@ -50,6 +50,12 @@ class EPCharTransformerConfig(PreTrainedConfig):
     use_cache: bool = False
     tie_word_embeddings: bool = False
 
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        return (f"pre-LN decoder-only transformer over characters: {self.num_hidden_layers} blocks, width "
+                f"{self.hidden_size}, {self.num_attention_heads} heads, context {self.max_position_embeddings}, "
+                f"vocabulary {self.vocab_size}; EP blocks: embedding, each transformer block, head")
+
     def validate_architecture(self):
         sizes = dict(
             vocab_size=self.vocab_size,

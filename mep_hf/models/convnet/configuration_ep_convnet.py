@@ -37,6 +37,12 @@ class EPConvNetConfig(PreTrainedConfig):
     pool: str = "max"
     loss: str = "cross_entropy"
 
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        return (f"conv net: {len(self.channels)} blocks conv{self.kernel_size}x{self.kernel_size} "
+                f"({', '.join(map(str, self.channels))} channels) + {self.activation} + {self.pool} pool, "
+                f"then a linear read-out; input {self.num_channels}x{self.image_size}x{self.image_size}")
+
     def validate_architecture(self):
         if self.num_channels < 1 or any(c < 1 for c in self.channels) or not self.channels:
             raise ValueError(f"channels must be positive and non-empty, got {self.num_channels}, {self.channels}")

@@ -52,6 +52,12 @@ class EPHopfieldMLPConfig(PreTrainedConfig):
     settle_tol: float = 0.0
     initializer_gain: float = 1.0
 
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        sizes = [self.input_size, *self.hidden_sizes, self.num_labels]
+        return (f"Hopfield P-MLP {'-'.join(map(str, sizes))} (classic EP: states in [0, 1] settle to the energy's "
+                f"minimum, {self.free_steps} free / {self.nudged_steps} nudged steps), {self.loss} loss")
+
     def validate_architecture(self):
         if self.input_size < 1 or any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"sizes must be positive, got input_size={self.input_size}, hidden={self.hidden_sizes}")
@@ -99,6 +105,14 @@ class EPHopfieldConvNetConfig(PreTrainedConfig):
             side = (side + 2 * self.padding - self.kernel_size + 1) // (self.pool_size if self.pool != "none" else 1)
             sides.append(side)
         return sides
+
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        layers = [str(self.num_channels), *map(str, self.channels), *map(str, self.hidden_sizes), str(self.num_labels)]
+        return (f"Hopfield P-CNN {'-'.join(layers)} (classic EP: conv{self.kernel_size}x{self.kernel_size} + "
+                f"{self.pool} pool state layers settle to the energy's minimum, {self.free_steps} free / "
+                f"{self.nudged_steps} nudged steps), {self.loss} loss; input "
+                f"{self.num_channels}x{self.image_size}x{self.image_size}")
 
     def validate_architecture(self):
         if self.num_channels < 1 or not self.channels or any(c < 1 for c in self.channels):

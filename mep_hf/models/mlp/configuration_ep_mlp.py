@@ -29,6 +29,11 @@ class EPMLPConfig(PreTrainedConfig):
     activation: str = "tanh"
     loss: str = "cross_entropy"
 
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        sizes = [self.input_size, *self.hidden_sizes, self.num_labels]
+        return f"MLP {'-'.join(map(str, sizes))}, {self.activation}, each Linear(+activation) one EP block"
+
     def validate_architecture(self):
         if self.input_size < 1 or any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"sizes must be positive, got input_size={self.input_size}, hidden={self.hidden_sizes}")

@@ -42,6 +42,12 @@ class EPResidualMLPConfig(PreTrainedConfig):
         """α actually used: ``branch_scale``, or ``1/√num_blocks`` when unset."""
         return 1 / math.sqrt(self.num_blocks) if self.branch_scale is None else self.branch_scale
 
+    def describe_architecture(self) -> str:
+        """One line for model cards (``mep-hf-zoo package``)."""
+        return (f"residual MLP: input block {self.input_size}->{self.hidden_size}, {self.num_blocks} pre-norm residual "
+                f"blocks s + {self.residual_scale:.3g}*{self.activation}(W LayerNorm(s) + b), LayerNorm + linear head; "
+                "one EP state per block")
+
     def validate_architecture(self):
         if self.input_size < 1 or self.hidden_size < 1:
             raise ValueError(f"sizes must be positive, got input_size={self.input_size}, "
