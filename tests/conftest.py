@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -59,3 +61,18 @@ def hopfield_args(tmp_path, **overrides) -> EPTrainingArguments:
 @pytest.fixture
 def dataset():
     return toy_images()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def load_example(monkeypatch):
+    """Import a script of ``examples/`` as a module (freshly, with ``examples/`` on the path for its helpers)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+    def load(name):
+        sys.modules.pop(name, None)
+        return __import__(name)
+
+    return load

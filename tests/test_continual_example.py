@@ -4,21 +4,15 @@ the accuracy matrix on every task after each task, and what the benchmark reads 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from tests.conftest import EXAMPLES
 
 
 @pytest.fixture
-def example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    sys.modules.pop("continual_learning", None)
-    import continual_learning
-
-    return continual_learning
+def example(load_example):
+    return load_example("continual_learning")
 
 
 def test_summary_definitions(example):

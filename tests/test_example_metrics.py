@@ -1,27 +1,11 @@
 """Every example's compute_metrics goes through an `evaluate` module (mep_hf.metrics, loaded by path, offline)."""
 
 import math
-import sys
-from pathlib import Path
 
 import evaluate
 import numpy as np
 import pytest
 from transformers import EvalPrediction
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture
-def load_example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-
-    def load(name):
-        sys.modules.pop(name, None)
-        return __import__(name)
-
-    return load
-
 
 @pytest.mark.parametrize("name", ["train_image_classification", "finetune_minilm"])
 def test_accuracy_examples(load_example, name):

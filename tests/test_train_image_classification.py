@@ -2,23 +2,16 @@
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from mep_hf.data import FASHION_MNIST_INSTALL_HINT
 from mep_hf.data import fashion_mnist as fm
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 
 @pytest.fixture
-def example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    sys.modules.pop("train_image_classification", None)
-    import train_image_classification
-
-    return train_image_classification
+def example(load_example):
+    return load_example("train_image_classification")
 
 
 @pytest.mark.skipif(fm.find_fashion_mnist_dir() is None, reason=f"needs {FASHION_MNIST_INSTALL_HINT}")
