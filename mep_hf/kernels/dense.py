@@ -89,9 +89,10 @@ class DenseLinearization:
         delta = derivative(e, self.output)
         return delta if scale == 1 else delta.mul_(scale)
 
-    def vjp(self, e: Tensor) -> Tensor:
+    def vjp(self, e: Tensor, scale: float = 1.0) -> Tensor:
+        """``scale · J_fᵀ e`` (``scale``: for blocks that wrap this one, e.g. a residual branch's multiplier)."""
         with torch.no_grad():
-            return self._delta(e) @ self.linear.weight
+            return self._delta(e, scale) @ self.linear.weight
 
     def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
         """``Δᵀ s`` for the weight (contiguous, in the weight's own layout) and ``Σ Δ`` for the bias."""
