@@ -194,8 +194,7 @@ def estimate_fisher(trainer: Trainer, dataset, num_samples: int | None = None, e
     context = trainer.outside_training() if gradients == "ep" else contextlib.nullcontext()
     try:
         with context:
-            for batch in trainer.get_test_dataloader(dataset):
-                batch = trainer._prepare_inputs(batch)
+            for batch in trainer.get_test_dataloader(dataset):  # on the device already (accelerate's loader)
                 if estimator == "true":
                     batch["labels"] = _sample_labels(trainer, model, batch, generator)
                 size = len(batch["labels"])
