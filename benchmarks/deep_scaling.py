@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from mep_hf.data import load_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "examples"), str(ROOT / "benchmarks")]
-from memory import tensor_peak  # noqa: E402  (the allocation-record peak, shared with the MLP memory benchmark)
+from memory import SCRATCH, tensor_peak  # noqa: E402  (the allocation-record peak and the scratch output_dir)
 from run_utils import command_line, cpu_model, write_run_info  # noqa: E402
 
 METHODS = ("backprop", "ep_fast", "ep_low")
@@ -86,10 +85,10 @@ def ep_arguments(args: DeepScalingArguments, memory: str, **kwargs) -> EPTrainin
 def probe(args: DeepScalingArguments, model, batch: dict) -> dict:
     """Gradients, step time and peak memory of EP and backprop at the initial weights, on one batch."""
     depth = model.config.num_blocks
-    trainers = {"backprop": Trainer(model=model, args=TrainingArguments(output_dir=tempfile.mkdtemp(),
+    trainers = {"backprop": Trainer(model=model, args=TrainingArguments(output_dir=SCRATCH.name,
                                                                         use_cpu=True, report_to="none"))}
     for memory in ("fast", "low"):
-        training = ep_arguments(args, memory, output_dir=tempfile.mkdtemp())
+        training = ep_arguments(args, memory, output_dir=SCRATCH.name)
         trainers[f"ep_{memory}"] = EPTrainer(model=model, args=training)
     blocks = {"first": 1, "middle": 1 + depth // 2, "last": depth}  # residual blocks; 0 is the input block
     row, grads = {}, {}
