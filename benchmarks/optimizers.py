@@ -54,6 +54,9 @@ from mep_hf import EPMLPConfig, EPMLPForImageClassification, EPTrainer, EPTraini
 from mep_hf.data import load_mnist
 from mep_hf.optim import PRESETS, build_optimizer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from train_image_classification import MAIN_JOB_DEFAULTS  # noqa: E402
+
 TRAINER_OPTIMS = ("sgd", "adamw_torch")
 
 # Chosen by validation accuracy from the grid {1e-3, 3e-3, 1e-2} ({0.01, 0.03, 0.1} for SGD) at the default budget
@@ -103,24 +106,8 @@ class BenchmarkArguments:
 
 
 # The main job's settings (examples/train_image_classification.py), except width and budget: see docs/optimizers.md.
-BENCHMARK_DEFAULTS = dict(
-    output_dir="runs/bench_optimizers",
-    max_steps=600,
-    per_device_train_batch_size=64,
-    per_device_eval_batch_size=1000,
-    learning_rate=1e-3,
-    lr_scheduler_type="cosine",
-    warmup_steps=0,
-    ep_beta=0.01,
-    ep_nudging="positive",
-    ep_settle_steps=1,
-    eval_strategy="no",
-    save_strategy="no",
-    logging_steps=100,
-    report_to="none",
-    disable_tqdm=True,
-    seed=0,
-)
+BENCHMARK_DEFAULTS = {**MAIN_JOB_DEFAULTS, "output_dir": "runs/bench_optimizers", "max_steps": 600,
+                      "eval_strategy": "no", "report_to": "none"}
 
 
 def accuracy(eval_pred) -> dict[str, float]:
