@@ -14,6 +14,11 @@ With states ``s_1..s_L`` (one row per sample, batch size ``B``) and prediction e
   Settling needs only the one-block vector-Jacobian product ``J_{f_{l+1}}(s_l)ᵀ e``: each block is kept as a
   :class:`BlockLinearization` at its state (autograd on a one-block graph that lives for one step, or a closed form
   the block offers, see :mod:`mep_hf.kernels`).
+* Inner states (``memory="fast"``, sweep settling): inside a block without a closed form, each module that owns
+  parameters gets a state and an error of its own (:mod:`mep_hf.inner_states`), and the block's output is a
+  function of them. The sweep reads their errors off the block's backward; the contrast then needs each module
+  alone at its nudged input (a linear layer's one product ``eᵀx``) instead of a backward of the whole block.
+  ``memory="low"`` keeps block states only, re-running each block when its VJP is needed.
 * Contrast: ``ΔL(θ) = [E(s^{+β}) − E(s^{−β})] / 2β`` (centered) or ``E(s^{β}) / β`` (positive; at the free
   state ``E`` and ``∂E/∂θ`` vanish). States are constants there, so ``∇θ ΔL`` is layer-local (θ_l sees only
   ``s_{l−1}`` and ``e_l``) and tends to ``∇θ L`` of the feed-forward pass as β → 0 (Scellier & Bengio 2017).
@@ -43,6 +48,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from .inner_states import FreeRun, InnerErrors, ModuleCalls, place_and_contrast
 
 NUDGING_MODES = ("positive", "centered", "random_sign")
 SETTLE_MODES = ("sweep", "gradient")
@@ -104,7 +111,8 @@ class SettleConfig:
 
 @dataclass
 class Phase:
-    """A settled nudged phase: its β, its errors ``e_1..e_L``, and how the settling went.
+    """A settled nudged phase: its β, its errors ``e_1..e_L``, each block's inner errors (``None`` where the block
+    has block states only), and how the settling went.
 
     ``energy`` is F at the settled state; the contrast fills it in while placing the states.
     """
@@ -113,6 +121,7 @@ class Phase:
     errors: list[Tensor]
     steps: int
     start_energy: float
+    inner: list[InnerErrors | None]
     energy: float = math.nan
 
 
@@ -157,11 +166,41 @@ class AutogradBlock:
         return list(zip(leaves, torch.autograd.grad(self.output, leaves, (e * scale).to(self.output.dtype))))
 
 
-def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool) -> BlockLinearization:
-    """The block's own analytic linearization where it has one for this state, else :class:`AutogradBlock`."""
+class InnerStatesBlock(AutogradBlock):
+    """A block run with its parameterized modules' outputs as states of their own (:mod:`mep_hf.inner_states`),
+    placed from ``inner`` (a previous sweep's inner errors) when given. ``vjp`` also sets :attr:`inner`, the inner
+    errors it reads off the backward; a block whose modules break the inner-state assumption leaves it ``None`` and
+    is an :class:`AutogradBlock` (block states only)."""
+
+    def __init__(self, block, state: Tensor, feed_dtype, inner: InnerErrors | None = None):
+        self.run = FreeRun(inner)
+        with ModuleCalls(self.run) as calls:
+            super().__init__(block, state, feed_dtype, input_grad=True)
+        self.modules, self.inner = calls.modules, None
+        self.run.finish(self.output, self.input, calls)
+        self.usable = self.run.usable
+
+    def vjp(self, e: Tensor) -> Tensor:
+        if not self.usable or not self.run.unchanged():
+            return super().vjp(e)
+        states = self.run.states()
+        wanted = [t for t in states if t is not None]
+        g, *adjoints = torch.autograd.grad(self.output, [self.input, *wanted], e, retain_graph=True, allow_unused=True)
+        adjoints = iter(adjoints)
+        errors = [None if t is None else next(adjoints) for t in states]
+        self.inner = InnerErrors(self.modules, [None if a is None else _state(a) for a in errors], self.run.fold_into)
+        return g
+
+
+def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool,
+                    inner_states: bool = False, inner: InnerErrors | None = None) -> BlockLinearization:
+    """The block's own analytic linearization where it has one for this state, else :class:`InnerStatesBlock`
+    (``inner_states``, placed from ``inner``) or :class:`AutogradBlock`."""
     analytic = getattr(block, "ep_linearize", None)
     lin = analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
-    return lin if lin is not None else AutogradBlock(block, state, feed_dtype, input_grad)
+    if lin is not None:
+        return lin
+    return InnerStatesBlock(block, state, feed_dtype, inner) if inner_states else AutogradBlock(block, state, feed_dtype, input_grad)
 
 
 class RecomputedBlock:
@@ -214,11 +253,15 @@ def linearize(
     errors: Sequence[Tensor] | None = None,
     states: Sequence[Tensor] | None = None,
     memory: str = "fast",
+    inner: Sequence[InnerErrors | None] | None = None,
 ):
-    """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``.
+    """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``
+    (and the inner states from ``inner``).
 
     With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
-    ``memory="low"`` keeps the states only (:class:`RecomputedBlock`): the VJPs re-run each block when asked.
+    ``memory="fast"`` gives blocks after the first inner states (:class:`InnerStatesBlock`) unless ``states`` are
+    given (gradient settling works on block states). ``memory="low"`` keeps the states only
+    (:class:`RecomputedBlock`): the VJPs re-run each block when asked.
     """
     s, dtype, lin = stack.inputs, None, Linearization([], [])
     for l, block in enumerate(stack.blocks):
@@ -226,10 +269,11 @@ def linearize(
             s = states[l - 1]
         if memory == "low":
             b = RecomputedBlock(block, s, dtype)
-        else:
-            b = linearize_block(block, s, dtype, input_grad=l > 0)  # s_0 is clamped: no VJP into it is needed
+        else:  # s_0 is clamped: no VJP into it is needed, and block 1 keeps its block state
+            b = linearize_block(block, s, dtype, input_grad=l > 0, inner_states=l > 0 and states is None,
+                                inner=None if inner is None else inner[l])
         lin.blocks.append(b)
-        s = _state(b.output) if errors is None else _state(b.output) + errors[l]
+        s = _state(b.output) if errors is None or (inner is not None and inner[l] is not None) else _state(b.output) + errors[l]
         dtype = b.output.dtype
         if memory == "low" and errors is not None:
             b.output = None  # the state holds what matters; the output would be a second copy
@@ -257,15 +301,26 @@ def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
     return torch.stack(torch._foreach_norm([t.detach() for t in errors])).double().square().tolist()
 
 
-def _sweep(lin: Linearization, beta: float, release: bool = False) -> list[Tensor]:
-    """Back to front: each error set to its stationarity value given the layer above. With ``release`` the
-    linearization is consumed on the way (all but block 1's, which the contrast reuses)."""
-    errors = [-beta * lin.loss_grad]
+def _sweep(lin: Linearization, beta: float, release: bool = False) -> tuple[list[Tensor], list[InnerErrors | None]]:
+    """Back to front: each error (and inner error) set to its stationarity value given the layer above. With
+    ``release`` the linearization is consumed on the way (all but block 1's, which the contrast reuses)."""
+    errors, inner = [-beta * lin.loss_grad], [None] * len(lin.blocks)
     for l in range(len(lin.blocks) - 1, 0, -1):
         errors.insert(0, lin.vjp(l, errors[0]))
+        inner[l] = getattr(lin.blocks[l], "inner", None)
         if release:
             lin.blocks[l] = lin.states[l] = None
-    return errors
+    return errors, inner
+
+
+def _layer_energies(errors: Sequence[Tensor], inner: Sequence[InnerErrors | None], batch_size: int) -> list[float]:
+    """Each layer's ``½‖e_l‖²/B``, or, for a block with inner states, its inner errors' terms."""
+    owners = [(l, e) for l, e in enumerate(errors) if inner[l] is None]
+    owners += [(l, e) for l, block in enumerate(inner) if block is not None for e in block.tensors()]
+    layers = [0.0] * len(errors)
+    for (l, _), v in zip(owners, _sum_squares([e for _, e in owners])):
+        layers[l] += 0.5 * v / batch_size
+    return layers
 
 
 def _gradient_step(lin: Linearization, errors, beta: float, lr: float) -> list[Tensor]:
@@ -275,9 +330,9 @@ def _gradient_step(lin: Linearization, errors, beta: float, lr: float) -> list[T
     return [s - lr * g for s, g in zip(lin.states, grads)]
 
 
-def _energy(errors: Sequence[Tensor], loss: float, beta: float, batch_size: int) -> tuple[float, list[float]]:
+def _energy(errors: Sequence[Tensor], inner, loss: float, beta: float, batch_size: int) -> tuple[float, list[float]]:
     """F = Σ_l ½‖e_l‖²/B + β·L, and the per-layer terms (for divergence reports)."""
-    layers = [0.5 * v / batch_size for v in _sum_squares(errors)]
+    layers = _layer_energies(errors, inner, batch_size)
     return sum(layers) + beta * loss, layers
 
 
@@ -306,24 +361,24 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
 
     Stops after ``config.steps`` steps, or once the largest relative change of the errors ``‖Δe_l‖/‖e_l‖`` falls
     below ``config.tol``. ``errors``: the first sweep's result when the caller already has it (see
-    :func:`nudged_phases`); it counts as step 1.
+    :func:`nudged_phases`), as ``(errors, inner errors)``; it counts as step 1.
     """
     lin = free
     start = beta * lin.loss
     first = 1 if errors is None else 2
-    errors = [torch.zeros_like(s) for s in lin.states] if errors is None else errors
+    errors, inner = ([torch.zeros_like(s) for s in lin.states], [None] * len(lin.states)) if errors is None else errors
     steps = first - 1
     for steps in range(first, config.steps + 1):
         if config.mode == "sweep":
             if steps > 1:  # place the states the last sweep's errors define (the last placement is the contrast's)
-                lin = linearize(stack, errors=errors, memory=config.memory)
-                energy, layers = _energy(errors, lin.loss, beta, stack.batch_size)
+                lin = linearize(stack, errors=errors, memory=config.memory, inner=inner)
+                energy, layers = _energy(errors, inner, lin.loss, beta, stack.batch_size)
                 check_energy(energy, start, layers, steps - 1, beta, config.divergence_threshold)
-            new_errors = _sweep(lin, beta)
+            new_errors, inner = _sweep(lin, beta)
         else:
             lin = linearize(stack, states=_gradient_step(lin, errors, beta, config.lr), memory=config.memory)
             new_errors = [s - _state(b.output) for s, b in zip(lin.states, lin.blocks)]
-            energy, layers = _energy(new_errors, lin.loss, beta, stack.batch_size)
+            energy, layers = _energy(new_errors, inner, lin.loss, beta, stack.batch_size)
             check_energy(energy, start, layers, steps, beta, config.divergence_threshold)
         if config.tol > 0:
             change = _sum_squares([n - e for n, e in zip(new_errors, errors)])
@@ -332,7 +387,7 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
         errors = new_errors
         if config.tol > 0 and moved < config.tol:
             break
-    return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start)
+    return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start, inner=inner)
 
 
 def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
@@ -358,7 +413,7 @@ def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: 
     if config.mode != "sweep":
         return [settle(stack, free, b, config) for b in betas]
     first = _sweep(free, betas[0], release=True)
-    starts = [first] if len(betas) == 1 else [first, [-e for e in first]]
+    starts = [first] if len(betas) == 1 else [first, ([-e for e in first[0]], [b and -b for b in first[1]])]
     return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
 
 
@@ -391,7 +446,7 @@ class Contrast:
         """
         betas = [p.beta for p in self.phases]
         weights = [1 / betas[0]] if len(betas) == 1 else [1 / (betas[0] - betas[1]), -1 / (betas[0] - betas[1])]
-        layers = [[0.5 * v / stack.batch_size for v in _sum_squares(p.errors)] for p in self.phases]
+        layers = [_layer_energies(p.errors, p.inner, stack.batch_size) for p in self.phases]
         states = [stack.inputs.detach()] * len(self.phases)
         dtypes = [None] * len(self.phases)  # dtype the previous block computed in, per phase
         grads: dict[Tensor, Tensor] = {}
@@ -413,18 +468,30 @@ class Contrast:
     def _place_layer(self, l: int, block, states: list, dtypes: list, weights: list[float], grads: dict) -> None:
         """Layer ``l`` of every phase: add its parameter gradient (phase ``p`` weighted by ``weights[p]``) into
         ``grads``, then place its state in its error's storage. All else of the layer dies with this call."""
-        errors = [p.errors[l] for p in self.phases]
+        errors, inner = [p.errors[l] for p in self.phases], False
         if l == 0 and self.first_block is not None:  # s_0 is clamped: f_1(s_0) is the same in every phase
-            predictions, self.first_block = [self.first_block] * len(errors), None
+            self.first_block, first = None, self.first_block
             combined = errors[0] if len(errors) == 1 else errors[0].add(errors[1], alpha=weights[1] / weights[0])
-            _accumulate(grads, predictions[0].parameter_grads(combined, weights[0]))
+            _accumulate(grads, first.parameter_grads(combined, weights[0]))
+            outputs = [first.output] * len(errors)
+        elif inner := all(p.inner[l] is not None for p in self.phases):  # each module's contrast (mep_hf.inner_states)
+            outputs = []
+            for phase, s, d, w in zip(self.phases, states, dtypes, weights):
+                output, pairs = place_and_contrast(lambda: block(s if d is None else s.to(d)), phase.inner[l], w)
+                _accumulate(grads, pairs)
+                outputs.append(output)
+                phase.inner[l] = None
         else:
             predictions = [linearize_block(block, s, d, input_grad=False) for s, d in zip(states, dtypes)]
             for prediction, e, w in zip(predictions, errors, weights):
                 _accumulate(grads, prediction.parameter_grads(e, w))
-        for p, (phase, prediction) in enumerate(zip(self.phases, predictions)):
-            states[p] = phase.errors[l].add_(prediction.output.detach())
-            dtypes[p], phase.errors[l] = prediction.output.dtype, None  # the state holds its storage now
+            outputs = [prediction.output for prediction in predictions]
+        for p, (phase, output) in enumerate(zip(self.phases, outputs)):
+            if inner:  # the block's output is a function of its inner states: it has no error of its own
+                states[p] = phase.errors[l].copy_(output)
+            else:
+                states[p] = phase.errors[l].add_(output.detach())
+            dtypes[p], phase.errors[l] = output.dtype, None  # the state holds its storage now
 
 
 def _accumulate(grads: dict[Tensor, Tensor], pairs: list[tuple[Tensor, Tensor]]) -> None:

@@ -54,9 +54,11 @@ class EPTrainingArguments(TrainingArguments):
     )
     ep_memory: str = field(
         default="fast",
-        metadata={"help": "'fast': keep each block's linearization from the free pass for the first sweep; 'low': "
-                          "keep the states only and re-run each block when its VJP is needed (activation memory "
-                          "of checkpointed backprop)."},
+        metadata={"help": "'fast': keep each block's graph from the free pass for the first sweep, and give every "
+                          "parameterized module inside a block a state of its own, so the contrast needs each module "
+                          "alone instead of a backward of the block (memory about backprop's); 'low': keep block "
+                          "states only and re-run each block when its VJP is needed (activation memory of "
+                          "checkpointed backprop)."},
     )
     ep_divergence_threshold: float = field(
         default=10.0,

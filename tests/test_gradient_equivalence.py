@@ -15,8 +15,8 @@ COS_MIN, REL_MAX = 0.9999, 1e-4
 
 def compare(params, stack: BlockStack, contrast_of, beta=1e-4, config=SettleConfig(steps=3), nudging="centered"):
     """Per-tensor (cosine, relative L2 error) of the EP gradient against backprop of the stack's loss, the worse of
-    the two memory modes (``fast``: the free pass's linearizations are kept; ``low``: states only, blocks re-run),
-    which must give the same gradient."""
+    the two memory modes (``fast``: inner states, the free pass's graphs kept; ``low``: block states only, blocks
+    re-run). Their energies differ by the inner states, so each is held to the bound on its own."""
     s = stack.inputs
     for block in stack.blocks:
         s = block(s)
@@ -27,8 +27,6 @@ def compare(params, stack: BlockStack, contrast_of, beta=1e-4, config=SettleConf
         assert torch.equal(free.states[-1], s.detach())
         phases = nudged_phases(stack, free, beta, nudging, replace(config, memory=memory))
         grads[memory] = torch.autograd.grad(contrast_of(Contrast(phases)), params)
-    for a, b in zip(grads["fast"], grads["low"]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     cos, rel = [], []
     for ep in grads.values():
         cos.append([torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() for a, b in zip(ep, bp)])

@@ -33,7 +33,7 @@ def stack_and_params(model, seed: int = 0):
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu"],
                          ids=["tanh-closed-form", "sigmoid-closed-form", "gelu-autograd"])
 def test_deep_residual_gradients_match_backprop(activation):
-    """40 residual blocks, both memory modes (``compare`` checks they agree). A nudge moves block l's state by about
+    """40 residual blocks, both memory modes (``compare`` holds each to the bound). A nudge moves block l's state by about
     l·β (the skip paths add up), so the O(β²) bias grows with depth (1e-3 relative at β = 1e-5 here, 1e-5 at
     β = 1e-6): β = 1e-6 keeps it well below the bound."""
     model = residual_mlp(40, activation=activation)

@@ -1,0 +1,249 @@
+"""Inner states: an EP state at the output of every parameterized module inside a block (``ep_memory="fast"``).
+
+With one state per block, a block whose parameters sit behind other products of the block (a decoder layer: the
+attention projections under the MLP, the norm weights under q, k, v, gate and up) needs a full backward of the
+block at the nudged state for its contrast. Giving each module that owns trainable parameters (a linear layer, a
+norm, an embedding) a state of its own makes the energy finer::
+
+    s_{l,m} = m(x_{l,m}) + e_{l,m}        E = 1/B Σ_l [½‖e_l‖² + Σ_m ½‖e_{l,m}‖²]
+
+where ``x_{l,m}`` is what the block computes from its input state and the inner states before ``m``. The rest of
+the algorithm is unchanged and costs no extra product:
+
+* a sweep sets each inner error to the adjoint at its module's output, read off the block's backward at its state;
+* placing a phase runs the block with each module's error added to its output;
+* the layer-local contrast of module ``m`` is ``−J_θm(x^β_{l,m})ᵀ e_{l,m}``: the module alone, at its own input
+  (for a linear layer the one product ``eᵀx``), taken while the state is placed.
+
+As β → 0 the contrast tends to ∇θ L as the block-state energy's does. The inner errors live from the sweep to the
+contrast, about as much memory as backprop's activations: ``ep_memory="low"`` keeps block states only.
+
+A normalization is scale-invariant in its input, so a state whose only way up is a normalization's input would be
+displaced relative to its own, possibly tiny, scale (a post-norm's o_proj, a per-head q_norm's q_proj, a conv under a
+batch norm) and leave the linear regime EP's estimate needs. Such a module is folded into the normalization's state,
+and so is every module below it down to the nearest normalization outputs: that state's contrast runs all of them
+(their backward inside the fold, then each folded module's parameter product). A normalization's input that adds a
+well-scaled state (a pre-norm's residual stream) folds nothing.
+
+Assumption, checked on every free pass: a module's parameters are used by its own forward only, modules with
+parameters do not nest, their outputs are not modified in place, and a folded module feeds its normalization's
+state only. A block that breaks it keeps block states, and so does a block with one state (nothing to save).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+
+@dataclass
+class InnerErrors:
+    """One block's inner errors, one per parameterized module call in call order (``None``: the output was unused,
+    or the module is folded into the state of call ``fold_into[k]``)."""
+
+    modules: list[nn.Module]
+    errors: list[Tensor | None]
+    fold_into: dict[int, int]
+
+    def tensors(self) -> list[Tensor]:
+        return [e for e in self.errors if e is not None]
+
+    def __neg__(self) -> InnerErrors:
+        return InnerErrors(self.modules, [None if e is None else -e for e in self.errors], self.fold_into)
+
+
+def own_parameters(module: nn.Module) -> list[Tensor]:
+    """The trainable parameters a module holds itself (not its children's)."""
+    return [p for p in module._parameters.values() if p is not None and p.requires_grad]
+
+
+def is_normalization(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm (every model's own class), GroupNorm, BatchNorm...: by the naming all of them share."""
+    return "norm" in type(module).__name__.lower()
+
+
+class ModuleCalls:
+    """While active, every call of a module that owns trainable parameters goes through ``on_output(k, module,
+    args, output)`` (``k``: the call's index), which may replace the output. Records whether such calls nested."""
+
+    def __init__(self, on_output: Callable):
+        self.on_output, self.modules, self.depth, self.nested = on_output, [], 0, False
+
+    def __enter__(self) -> ModuleCalls:
+        self._handles = [register_module_forward_pre_hook(self._enter_module), register_module_forward_hook(self._leave_module)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _enter_module(self, module, args):
+        if own_parameters(module):
+            self.depth += 1
+            self.nested |= self.depth > 1
+
+    def _leave_module(self, module, args, output):
+        if not own_parameters(module):
+            return None
+        self.depth -= 1
+        self.modules.append(module)
+        return self.on_output(len(self.modules) - 1, module, args, output)
+
+
+class FreeRun:
+    """The ``on_output`` of a block's run with a kept graph: records each module's output (placed from ``inner``
+    when given); :meth:`finish` then finds the folds and checks the assumption on the graph."""
+
+    def __init__(self, inner: InnerErrors | None):
+        self.inner, self.outputs, self.norm_inputs, self.tensors_only = inner, [], {}, True
+        self.fold_into: dict[int, int] = {}
+        self.usable = False
+
+    def __call__(self, k: int, module: nn.Module, args: tuple, output):
+        if not isinstance(output, Tensor):
+            self.tensors_only = False
+            return None
+        if self.inner is not None:
+            check_call_order(k, module, self.inner)
+        if is_normalization(module) and args and isinstance(args[0], Tensor):
+            self.norm_inputs[k] = args[0]
+        e = None if self.inner is None else self.inner.errors[k]
+        if e is not None:
+            output = output + e.to(output.dtype)
+        self.outputs.append((output, output._version))
+        return output
+
+    def finish(self, output: Tensor, input: Tensor, calls: ModuleCalls) -> None:
+        """Set :attr:`fold_into` and :attr:`usable` from the block's graph."""
+        if not self.tensors_only or calls.nested or output.grad_fn is None:
+            return
+        uses, consumers = _graph(output)
+        owned = Counter(p for m in calls.modules for p in own_parameters(m))
+        if any(owned.get(p, 0) != n for p, n in uses.items() if p is not input):
+            return  # a parameter used outside its module's forward
+        produced = {t.grad_fn: k for k, (t, _) in enumerate(self.outputs) if t.grad_fn is not None}
+        if len(produced) != len(self.outputs):
+            return
+        for j, x in self.norm_inputs.items():
+            below = _sole_producer(x.grad_fn, produced)
+            if below is not None:
+                self._fold_down(below, j, produced, calls.modules)
+        if len(self.outputs) - len(self.fold_into) < 2:
+            return  # one state: its contrast is the block's own, so an inner state would only cost memory
+        self.usable = all(_only_feeds(self.outputs[k][0].grad_fn, self.outputs[j][0].grad_fn, produced, consumers)
+                          for k, j in self.fold_into.items())
+
+    def _fold_down(self, k: int, j: int, produced: dict, modules: list) -> None:
+        """Fold call ``k`` into call ``j``'s state, and every module below it down to normalization outputs."""
+        self.fold_into[k], pending, seen = j, [self.outputs[k][0].grad_fn], set()
+        while pending:
+            node = pending.pop()
+            for child, _ in node.next_functions:
+                if child is None or child in seen:
+                    continue
+                seen.add(child)
+                m = produced.get(child)
+                if m is not None and is_normalization(modules[m]):
+                    continue  # a normalization's output is well scaled: it stays a state
+                if m is not None:
+                    self.fold_into.setdefault(m, j)
+                pending.append(child)
+
+    def unchanged(self) -> bool:
+        return all(t._version == v for t, v in self.outputs)
+
+    def states(self) -> list[Tensor | None]:
+        """The outputs that are states (``None`` for folded modules)."""
+        return [None if k in self.fold_into else t for k, (t, _) in enumerate(self.outputs)]
+
+
+def _graph(output: Tensor) -> tuple[Counter, dict]:
+    """How often each leaf is used in ``output``'s graph, and each graph node's consumers."""
+    uses, consumers, seen, pending = Counter(), {}, set(), [output.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            variable = getattr(child, "variable", None)  # AccumulateGrad nodes hold their leaf
+            if variable is not None:
+                uses[variable] += 1
+            consumers.setdefault(child, []).append(node)
+            pending.append(child)
+    return uses, consumers
+
+
+def _sole_producer(node, produced: dict) -> int | None:
+    """The module call whose output alone a normalization's input is computed from (through single-input ops), or
+    ``None`` when the input mixes in anything else (a residual stream)."""
+    for _ in range(16):
+        if node is None:
+            return None
+        if node in produced:
+            return produced[node]
+        inputs = [child for child, _ in node.next_functions if child is not None]
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    return None
+
+
+def _only_feeds(start, target, produced: dict, consumers: dict) -> bool:
+    """Every use of a folded output (graph node ``start``) leads to its state (``target``) before any other
+    module's output or the block's output."""
+    pending, seen = [start], set()
+    while pending:
+        node = pending.pop()
+        if node is target:
+            continue
+        if node in seen:
+            continue
+        seen.add(node)
+        above = consumers.get(node, [])
+        if not above:
+            return False  # reached the block's output without passing the state
+        pending.extend(above)
+    return True
+
+
+def check_call_order(k: int, module: nn.Module, inner: InnerErrors) -> None:
+    if k >= len(inner.modules) or inner.modules[k] is not module:
+        raise RuntimeError(
+            f"the block's parameterized modules ran in a different order than in the free phase (call {k}: "
+            f"{type(module).__name__}); EP's inner states need a block that computes the same way in every phase"
+        )
+
+
+def place_and_contrast(run: Callable[[], Tensor], inner: InnerErrors, scale: float) -> tuple[Tensor, list]:
+    """Run a block (``run``) with each module's inner error added to its output, and take each state's contrast
+    ``scale · J_θ(x)ᵀ e`` at its own input as it runs: a graph of that module (and the module folded into it)
+    alone, freed at once.
+
+    Returns the block's output and the ``(parameter, gradient)`` pairs.
+    """
+    pairs = []
+
+    def on_output(k: int, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        check_call_order(k, module, inner)
+        if k in inner.fold_into:  # no state: its graph runs on into the state it is folded into
+            return output
+        e = inner.errors[k]
+        if e is None:
+            return output.detach()
+        params = own_parameters(module) + [p for m, j in inner.fold_into.items() if j == k for p in own_parameters(inner.modules[m])]
+        grads = torch.autograd.grad(output, params, e.to(output.dtype), allow_unused=True)
+        pairs.extend((p, g.mul_(scale)) for p, g in zip(params, grads) if g is not None)  # parameter-sized
+        return output.detach() + e.to(output.dtype)
+
+    with torch.enable_grad(), ModuleCalls(on_output) as calls:
+        output = run()
+    if len(calls.modules) != len(inner.modules):
+        raise RuntimeError(f"the block ran {len(calls.modules)} parameterized modules, {len(inner.modules)} in the "
+                           "free phase; EP's inner states need a block that computes the same way in every phase")
+    return output.detach(), pairs

@@ -1,0 +1,154 @@
+"""Inner states (``ep_memory="fast"``): which modules get states, which fold into a normalization, when a block
+keeps block states, and what it saves: the contrast runs each module alone, so an EP step does about 4/3 of
+backprop's matrix-product work on a decoder instead of 5/3 (FLOPs counted op by op, exact and repeatable)."""
+
+import pytest
+import torch
+from torch import nn
+
+from mep_hf import equilibrium as eq
+from mep_hf.adapters import prepare_ep_model
+from mep_hf.adapters.check import check_against_backprop
+from mep_hf.inner_states import FreeRun
+from tests.adapter_models import tiny_batch, tiny_model
+from tests.test_gradient_equivalence import _generic_stack_grads, assert_match
+
+
+def _layer_folds(model_type: str) -> dict[str, str | None]:
+    """For the first decoder layer: each parameterized module and the module whose state it folds into."""
+    model = prepare_ep_model(tiny_model(model_type, "causal-lm").double()).eval()
+    stack = model.ep_stack(**tiny_batch(model_type, "causal-lm", model))
+    layer = eq.free_phase(stack, "fast").blocks[1]
+    assert layer.usable
+    names = {m: n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
+    return {names[m]: names[layer.modules[layer.run.fold_into[k]]] if k in layer.run.fold_into else None
+            for k, m in enumerate(layer.modules)}
+
+
+def test_pre_norm_layers_give_every_module_a_state():
+    assert set(_layer_folds("llama").values()) == {None}
+
+
+def test_modules_under_a_normalization_fold_into_it():
+    """Post-norms (OLMo-2) and per-head q/k norms: the modules below a normalization, down to the nearest
+    normalization output or the block's input, fold into its state."""
+    assert _layer_folds("olmo2") == {
+        "q_proj": "q_norm", "q_norm": None, "k_proj": "k_norm", "k_norm": None,
+        "v_proj": "post_attention_layernorm", "o_proj": "post_attention_layernorm", "post_attention_layernorm": None,
+        "gate_proj": "post_feedforward_layernorm", "up_proj": "post_feedforward_layernorm",
+        "down_proj": "post_feedforward_layernorm", "post_feedforward_layernorm": None,
+    }
+
+
+def test_without_folding_post_norm_states_leave_the_linear_regime(monkeypatch):
+    """Negative control for the fold: states right under OLMo-2's post-norms are displaced relative to their own
+    small scale, and EP's gradient misses backprop's by far more than the bound (float64, centered β=1e-5)."""
+    model = prepare_ep_model(tiny_model("olmo2", "causal-lm").double()).eval()
+    batch = tiny_batch("olmo2", "causal-lm", model)
+    assert check_against_backprop(model, batch, beta=1e-5, sweeps=3) == []
+    monkeypatch.setattr("mep_hf.inner_states.is_normalization", lambda module: False)
+    assert len(check_against_backprop(model, batch, beta=1e-5, sweeps=3)) > 5
+
+
+class _Shared(nn.Module):
+    """Uses its linear layer's weight outside the layer's forward too."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, s):
+        return self.out(torch.tanh(self.lin(s)) + s @ self.lin.weight.T)
+
+
+class _Nested(nn.Module):
+    """A module with a parameter of its own around a child with parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.lin, self.out = nn.Parameter(torch.ones(6)), nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, s):
+        return self.out(torch.tanh(self.lin(s) * self.scale))
+
+
+class _InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, s):
+        h = self.lin(s)
+        return self.out(torch.tanh(h.mul_(2)))
+
+
+class _Nest(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = _Nested()
+
+    def forward(self, s):
+        return self.inner(s)
+
+
+class _Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, s):
+        return self.out(torch.tanh(self.lin(s)))
+
+
+@pytest.mark.parametrize("block, inner_states", [(_Plain, True), (_Shared, False), (_Nest, False), (_InPlace, False)],
+                         ids=["plain", "weight-used-outside-its-module", "nested", "in-place-on-an-output"])
+def test_blocks_breaking_the_assumption_keep_block_states_and_exact_gradients(block, inner_states):
+    """A parameter used outside its module's forward, modules with parameters nested in one another, or a module
+    output modified in place: the block keeps block states. Either way EP's gradient is backprop's (float64)."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([nn.Linear(6, 6), block(), nn.Linear(6, 3)]).double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    stack = eq.BlockStack(x, list(blocks), lambda s: nn.functional.cross_entropy(s, y))
+    phases = eq.nudged_phases(stack, eq.free_phase(stack, "fast"), 1e-4, "centered", eq.SettleConfig(steps=2))
+    assert (phases[0].inner[1] is not None) == inner_states
+    assert_match(*_generic_stack_grads(blocks, x, lambda s: nn.functional.cross_entropy(s, y)))
+
+
+def _step_flops(model, batch, memory: str | None) -> float:
+    """FLOPs of one EP step (positive nudging, one sweep) or, with ``memory=None``, of a backprop step."""
+    from benchmarks.transformer_memory import CountFlops
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    with CountFlops() as flops:
+        if memory is None:
+            torch.autograd.grad(model(**batch).loss, params)
+        else:
+            stack = model.ep_stack(**batch)
+            free = eq.free_phase(stack, memory)
+            phases = eq.nudged_phases(stack, free, 0.01, "positive", eq.SettleConfig(steps=1, memory=memory))
+            torch.autograd.grad(model(**batch, ep_contrast=eq.Contrast(phases, first_block=free.blocks[0])), params)
+    return flops.total
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=344, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    model = prepare_ep_model(LlamaForCausalLM(config))
+    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
+    return model, {"input_ids": ids, "labels": ids}
+
+
+def test_inner_states_cut_a_decoder_step_to_four_thirds_of_backprops_work(monkeypatch):
+    """Fast mode: free pass F, sweep F (input products), contrast F + F (forward and each module's own parameter
+    product) against backprop's 3F: 4/3 plus the attention and head details. Without inner states (the negative
+    control: every block keeps block states) the contrast is a full backward of each layer: 5/3."""
+    model, batch = _llama()
+    backprop = _step_flops(model, batch, None)
+    fast = _step_flops(model, batch, "fast") / backprop
+    monkeypatch.setattr(FreeRun, "finish", lambda self, *args: None)  # usable stays False: block states
+    block_states = _step_flops(model, batch, "fast") / backprop
+    assert fast <= 1.36, fast
+    assert block_states >= 1.6, block_states
