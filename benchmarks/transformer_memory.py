@@ -91,10 +91,11 @@ def char_transformer():
 
 
 def gpt2_small_blocks():
-    """GPT-2 small's blocks (width 768, 12 heads, sequence 256, batch 4); 2 layers and a 512-token vocabulary on CPU."""
+    """GPT-2 small's blocks (width 768, 12 heads, sequence 256, batch 4); 6 of its 12 layers and a 512-token
+    vocabulary on CPU."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=512, n_positions=256, n_embd=768, n_layer=2, n_head=12,
+    config = GPT2Config(vocab_size=512, n_positions=256, n_embd=768, n_layer=6, n_head=12,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     return GPT2LMHeadModel(config), 512, (4, 256)
 

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .inner_states import FreeRun, InnerErrors, ModuleCalls, place_and_contrast
+from .inner_states import FreeRun, InnerErrors, ModuleCalls, parameter_grads, place_and_contrast
 
 NUDGING_MODES = ("positive", "centered", "random_sign")
 SETTLE_MODES = ("sweep", "gradient")
@@ -163,7 +163,7 @@ class AutogradBlock:
         leaves = [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
         if not leaves:
             return []
-        return list(zip(leaves, torch.autograd.grad(self.output, leaves, (e * scale).to(self.output.dtype))))
+        return parameter_grads(self.output, leaves, e, scale)
 
 
 class InnerStatesBlock(AutogradBlock):

@@ -212,6 +212,16 @@ def _only_feeds(start, target, produced: dict, consumers: dict) -> bool:
     return True
 
 
+def parameter_grads(output: Tensor, params: list[Tensor], e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
+    """``scale · J_θ(output)ᵀ e`` as ``(parameter, gradient)`` pairs. The scale goes on the parameter-sized
+    gradients (no error-sized copy), except in float16, where it goes on the error so that the backward of a
+    half-precision block runs at the loss scale and does not underflow."""
+    if output.dtype == torch.float16:
+        return list(zip(params, torch.autograd.grad(output, params, (e * scale).to(output.dtype), allow_unused=True)))
+    grads = torch.autograd.grad(output, params, e.to(output.dtype), allow_unused=True)
+    return [(p, g if g is None else g.mul_(scale)) for p, g in zip(params, grads)]
+
+
 def check_call_order(k: int, module: nn.Module, inner: InnerErrors) -> None:
     if k >= len(inner.modules) or inner.modules[k] is not module:
         raise RuntimeError(
@@ -237,8 +247,7 @@ def place_and_contrast(run: Callable[[], Tensor], inner: InnerErrors, scale: flo
         if e is None:
             return output.detach()
         params = own_parameters(module) + [p for m, j in inner.fold_into.items() if j == k for p in own_parameters(inner.modules[m])]
-        grads = torch.autograd.grad(output, params, e.to(output.dtype), allow_unused=True)
-        pairs.extend((p, g.mul_(scale)) for p, g in zip(params, grads) if g is not None)  # parameter-sized
+        pairs.extend((p, g) for p, g in parameter_grads(output, params, e, scale) if g is not None)
         return output.detach() + e.to(output.dtype)
 
     with torch.enable_grad(), ModuleCalls(on_output) as calls:

@@ -151,7 +151,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             try:
                 phases = energy.nudged_phases(stack, free, args.ep_beta, args.ep_nudging, config)
                 contrast_fn = energy.contrast(free, phases, config, self._loss_scale(), trainer_loss)
-                del free  # the contrast keeps what it needs of the free phase, and frees it on the way
+                # The contrast keeps what it needs of the free phase and frees it on the way; it builds its own
+                # stack (through the model's forward), so this one's masks and rotary tables go now.
+                del free, stack
                 contrast = model(**inputs, ep_contrast=contrast_fn)
             except SettlingDivergedError as err:
                 if self._loss_guard.has_risen(free_loss):
@@ -191,7 +193,10 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
 
         def loss(state: torch.Tensor) -> torch.Tensor:
             at_state.state = state
-            return parent(at_state, dict(inputs), num_items_in_batch=num_items_in_batch)
+            try:
+                return parent(at_state, dict(inputs), num_items_in_batch=num_items_in_batch)
+            finally:
+                at_state.state = None  # the free logits would otherwise outlive the free phase
 
         return loss
 
