@@ -41,6 +41,7 @@ names the families, and ``EPTrainer`` drives whichever one the model declares.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,10 +148,14 @@ class AutogradBlock:
 
     ``feed_dtype``: a float32 state enters the block in the dtype the previous block computed in (a bf16 model's
     own dtype; a no-op under autocast or in full precision), differentiably, so VJPs still arrive in float32.
+    ``parameters=False``: a graph for input VJPs only, without what only parameter gradients need (see
+    :class:`~mep_hf.inner_states.ModuleCalls`); the free pass's blocks after the first serve the sweep alone.
     """
 
-    def __init__(self, block: Callable[[Tensor], Tensor], state: Tensor, feed_dtype, input_grad: bool):
-        with torch.enable_grad():
+    def __init__(self, block: Callable[[Tensor], Tensor], state: Tensor, feed_dtype, input_grad: bool,
+                 parameters: bool = True):
+        self.parameters = parameters
+        with torch.enable_grad(), contextlib.nullcontext() if parameters else ModuleCalls(freeze=True):
             self.input = state.detach().requires_grad_(input_grad)
             self.output = block(self.input if feed_dtype is None else self.input.to(feed_dtype))
 
@@ -160,6 +165,8 @@ class AutogradBlock:
 
     def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
         """Leaves (parameters) are found from the graph, so any callable works and tied weights add up."""
+        if not self.parameters:
+            raise RuntimeError("this block's graph was built for input VJPs only (parameters=False)")
         leaves = [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
         if not leaves:
             return []
@@ -174,7 +181,7 @@ class InnerStatesBlock(AutogradBlock):
 
     def __init__(self, block, state: Tensor, feed_dtype, inner: InnerErrors | None = None):
         self.run = FreeRun(inner)
-        with ModuleCalls(self.run) as calls:
+        with ModuleCalls(self.run, freeze=True) as calls:  # the contrast re-runs each module for its parameters
             super().__init__(block, state, feed_dtype, input_grad=True)
         self.modules, self.inner = calls.modules, None
         self.run.finish(self.output, self.input, calls)
@@ -193,14 +200,18 @@ class InnerStatesBlock(AutogradBlock):
 
 
 def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool,
-                    inner_states: bool = False, inner: InnerErrors | None = None) -> BlockLinearization:
+                    inner_states: bool = False, inner: InnerErrors | None = None,
+                    parameters: bool = True) -> BlockLinearization:
     """The block's own analytic linearization where it has one for this state, else :class:`InnerStatesBlock`
-    (``inner_states``, placed from ``inner``) or :class:`AutogradBlock`."""
+    (``inner_states``, placed from ``inner``) or :class:`AutogradBlock` (``parameters=False``: for input VJPs
+    only)."""
     analytic = getattr(block, "ep_linearize", None)
     lin = analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
     if lin is not None:
         return lin
-    return InnerStatesBlock(block, state, feed_dtype, inner) if inner_states else AutogradBlock(block, state, feed_dtype, input_grad)
+    if inner_states:
+        return InnerStatesBlock(block, state, feed_dtype, inner)
+    return AutogradBlock(block, state, feed_dtype, input_grad, parameters)
 
 
 class RecomputedBlock:
@@ -216,7 +227,7 @@ class RecomputedBlock:
             self.output = block(self.state if feed_dtype is None else self.state.to(feed_dtype))
 
     def vjp(self, e: Tensor) -> Tensor:
-        return linearize_block(self.block, self.state, self.feed_dtype, input_grad=True).vjp(e)
+        return linearize_block(self.block, self.state, self.feed_dtype, input_grad=True, parameters=False).vjp(e)
 
     def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
         return linearize_block(self.block, self.state, self.feed_dtype, input_grad=False).parameter_grads(e, scale)
@@ -271,7 +282,7 @@ def linearize(
             b = RecomputedBlock(block, s, dtype)
         else:  # s_0 is clamped: no VJP into it is needed, and block 1 keeps its block state
             b = linearize_block(block, s, dtype, input_grad=l > 0, inner_states=l > 0 and states is None,
-                                inner=None if inner is None else inner[l])
+                                inner=None if inner is None else inner[l], parameters=l == 0)
         lin.blocks.append(b)
         s = _state(b.output) if errors is None or (inner is not None and inner[l] is not None) else _state(b.output) + errors[l]
         dtype = b.output.dtype

@@ -32,7 +32,6 @@ state only. A block that breaks it keeps block states, and so does a block with 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,10 +68,16 @@ def is_normalization(module: nn.Module) -> bool:
 
 class ModuleCalls:
     """While active, every call of a module that owns trainable parameters goes through ``on_output(k, module,
-    args, output)`` (``k``: the call's index), which may replace the output. Records whether such calls nested."""
+    args, output)`` (``k``: the call's index), which may replace the output. Records whether such calls nested.
 
-    def __init__(self, on_output: Callable):
-        self.on_output, self.modules, self.depth, self.nested = on_output, [], 0, False
+    ``freeze``: each module runs with its own parameters out of autograd (restored when it returns), so the graph
+    keeps what input VJPs need and not what only parameter gradients would (a linear layer's input): a free pass
+    whose graphs serve the sweep alone holds far less. A parameter used outside its module's forward stays in the
+    graph, which is how :meth:`FreeRun.finish` finds it.
+    """
+
+    def __init__(self, on_output: Callable | None = None, freeze: bool = False):
+        self.on_output, self.freeze, self.modules, self.frames, self.nested = on_output, freeze, [], [], False
 
     def __enter__(self) -> ModuleCalls:
         self._handles = [register_module_forward_pre_hook(self._enter_module), register_module_forward_hook(self._leave_module)]
@@ -81,18 +86,29 @@ class ModuleCalls:
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
+        while self.frames:  # a forward that raised: give every parameter back
+            self._thaw(self.frames.pop())
+
+    def _thaw(self, params: list[Tensor]) -> None:
+        if self.freeze:
+            for p in params:
+                p.requires_grad_(True)
 
     def _enter_module(self, module, args):
-        if own_parameters(module):
-            self.depth += 1
-            self.nested |= self.depth > 1
+        params = own_parameters(module)
+        self.nested |= bool(params) and any(self.frames)
+        self.frames.append(params)
+        if self.freeze:
+            for p in params:
+                p.requires_grad_(False)
 
     def _leave_module(self, module, args, output):
-        if not own_parameters(module):
+        params = self.frames.pop()
+        self._thaw(params)
+        if not params:
             return None
-        self.depth -= 1
         self.modules.append(module)
-        return self.on_output(len(self.modules) - 1, module, args, output)
+        return None if self.on_output is None else self.on_output(len(self.modules) - 1, module, args, output)
 
 
 class FreeRun:
@@ -123,9 +139,8 @@ class FreeRun:
         if not self.tensors_only or calls.nested or output.grad_fn is None:
             return
         uses, consumers = _graph(output)
-        owned = Counter(p for m in calls.modules for p in own_parameters(m))
-        if any(owned.get(p, 0) != n for p, n in uses.items() if p is not input):
-            return  # a parameter used outside its module's forward
+        if any(p is not input for p in uses):
+            return  # a parameter used outside its module's forward (inside, they were frozen)
         produced = {t.grad_fn: k for k, (t, _) in enumerate(self.outputs) if t.grad_fn is not None}
         if len(produced) != len(self.outputs):
             return
@@ -162,9 +177,9 @@ class FreeRun:
         return [None if k in self.fold_into else t for k, (t, _) in enumerate(self.outputs)]
 
 
-def _graph(output: Tensor) -> tuple[Counter, dict]:
-    """How often each leaf is used in ``output``'s graph, and each graph node's consumers."""
-    uses, consumers, seen, pending = Counter(), {}, set(), [output.grad_fn]
+def _graph(output: Tensor) -> tuple[set, dict]:
+    """The leaves ``output``'s graph reaches, and each graph node's consumers."""
+    uses, consumers, seen, pending = set(), {}, set(), [output.grad_fn]
     while pending:
         node = pending.pop()
         if node is None or node in seen:
@@ -173,7 +188,7 @@ def _graph(output: Tensor) -> tuple[Counter, dict]:
         for child, _ in node.next_functions:
             variable = getattr(child, "variable", None)  # AccumulateGrad nodes hold their leaf
             if variable is not None:
-                uses[variable] += 1
+                uses.add(variable)
             consumers.setdefault(child, []).append(node)
             pending.append(child)
     return uses, consumers
