@@ -113,7 +113,8 @@ class SettleConfig:
 @dataclass
 class Phase:
     """A settled nudged phase: its β, its errors ``e_1..e_L``, each block's inner errors (``None`` where the block
-    has block states only), and how the settling went.
+    has block states only), and how the settling went. A block with inner states has no error of its own:
+    ``errors[l]`` is then the sweep's message at its output, and the storage its placed state goes into.
 
     ``energy`` is F at the settled state; the contrast fills it in while placing the states.
     """
@@ -195,7 +196,7 @@ class InnerStatesBlock(AutogradBlock):
         g, *adjoints = torch.autograd.grad(self.output, [self.input, *wanted], e, retain_graph=True, allow_unused=True)
         adjoints = iter(adjoints)
         errors = [None if t is None else next(adjoints) for t in states]
-        self.inner = InnerErrors(self.modules, [None if a is None else _state(a) for a in errors], self.run.fold_into)
+        self.inner = InnerErrors.read_off(self.modules, [None if a is None else _state(a) for a in errors], self.run.fold_into, g)
         return g
 
 
@@ -300,8 +301,9 @@ def linearize(
 
 
 def free_phase(stack: BlockStack, memory: str = "fast") -> Linearization:
-    """The β = 0 equilibrium: the feed-forward pass, kept linearized for the first settling step (``memory="fast"``)
-    or as its states only, re-linearized block by block when the sweep needs them (``"low"``)."""
+    """The β = 0 equilibrium: the feed-forward pass, kept linearized for the first settling step with each block's
+    inner states (``memory="fast"``), or as its block states only, re-linearized block by block when the sweep
+    needs them (``"low"``)."""
     if memory not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {memory!r}; expected one of {MEMORY_MODES}")
     return linearize(stack, memory=memory)

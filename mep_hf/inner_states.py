@@ -5,10 +5,11 @@ attention projections under the MLP, the norm weights under q, k, v, gate and up
 block at the nudged state for its contrast. Giving each module that owns trainable parameters (a linear layer, a
 norm, an embedding) a state of its own makes the energy finer::
 
-    s_{l,m} = m(x_{l,m}) + e_{l,m}        E = 1/B Σ_l [½‖e_l‖² + Σ_m ½‖e_{l,m}‖²]
+    s_{l,m} = m(x_{l,m}) + e_{l,m}        E = 1/B Σ_l Σ_m ½‖e_{l,m}‖²
 
-where ``x_{l,m}`` is what the block computes from its input state and the inner states before ``m``. The rest of
-the algorithm is unchanged and costs no extra product:
+where ``x_{l,m}`` is what the block computes from its input state and the inner states before ``m``. The block's
+output ``s_l`` is then a function of its input and inner states, with no error of its own (the sweep's error at
+``s_l`` is only the message to the block below). The rest of the algorithm is unchanged and costs no extra product:
 
 * a sweep sets each inner error to the adjoint at its module's output, read off the block's backward at its state;
 * placing a phase runs the block with each module's error added to its output;
@@ -32,6 +33,7 @@ state only. A block that breaks it keeps block states, and so does a block with 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,17 +45,27 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 @dataclass
 class InnerErrors:
     """One block's inner errors, one per parameterized module call in call order (``None``: the output was unused,
-    or the module is folded into the state of call ``fold_into[k]``)."""
+    or the module is folded into the state of call ``fold_into[k]``). ``owned[k]``: no other inner error shares
+    that storage (autograd hands one gradient to both sides of a sum), so the placed state may go into it."""
 
     modules: list[nn.Module]
     errors: list[Tensor | None]
     fold_into: dict[int, int]
+    owned: list[bool]
+
+    @classmethod
+    def read_off(cls, modules, errors: list[Tensor | None], fold_into: dict[int, int], message: Tensor) -> InnerErrors:
+        """The inner errors of a backward whose input gradient is ``message``."""
+        storages = Counter(t.untyped_storage().data_ptr() for t in (message, *errors) if t is not None)
+        owned = [e is not None and storages[e.untyped_storage().data_ptr()] == 1 for e in errors]
+        return cls(modules, errors, fold_into, owned)
 
     def tensors(self) -> list[Tensor]:
         return [e for e in self.errors if e is not None]
 
     def __neg__(self) -> InnerErrors:
-        return InnerErrors(self.modules, [None if e is None else -e for e in self.errors], self.fold_into)
+        return InnerErrors(self.modules, [None if e is None else -e for e in self.errors], self.fold_into,
+                           [e is not None for e in self.errors])
 
 
 def own_parameters(module: nn.Module) -> list[Tensor]:
@@ -263,6 +275,8 @@ def place_and_contrast(run: Callable[[], Tensor], inner: InnerErrors, scale: flo
             return output.detach()
         params = own_parameters(module) + [p for m, j in inner.fold_into.items() if j == k for p in own_parameters(inner.modules[m])]
         pairs.extend((p, g) for p, g in parameter_grads(output, params, e, scale) if g is not None)
+        if inner.owned[k] and e.dtype == output.dtype:
+            return e.add_(output.detach())  # the error dies here: its storage takes the state (no allocation)
         return output.detach() + e.to(output.dtype)
 
     with torch.enable_grad(), ModuleCalls(on_output) as calls:
