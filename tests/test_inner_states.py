@@ -152,3 +152,32 @@ def test_inner_states_cut_a_decoder_step_to_four_thirds_of_backprops_work(monkey
     block_states = _step_flops(model, batch, "fast") / backprop
     assert fast <= 1.36, fast
     assert block_states >= 1.6, block_states
+
+
+class _Raises(nn.Module):
+    """Raises inside its own forward, after its parameter was taken out of autograd for the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def forward(self, s):
+        assert not self.weight.requires_grad
+        raise ValueError("bad block")
+
+
+def test_a_block_that_raises_leaves_every_parameter_trainable():
+    """The free pass runs modules with their parameters out of autograd; an exception inside a block must give them
+    back (the context restores what the module's own exit hook did not)."""
+    block = _Raises()
+    with pytest.raises(ValueError, match="bad block"):
+        eq.AutogradBlock(block, torch.randn(2, 3), None, input_grad=True, parameters=False)
+    assert all(p.requires_grad for p in block.parameters())
+
+
+def test_a_graph_for_input_vjps_only_refuses_parameter_gradients():
+    """Without its parameters' activations such a graph would give zero gradients: it refuses instead."""
+    lin = eq.AutogradBlock(nn.Linear(3, 3), torch.randn(2, 3), None, input_grad=True, parameters=False)
+    assert lin.vjp(torch.ones(2, 3)).shape == (2, 3)
+    with pytest.raises(RuntimeError, match="input VJPs only"):
+        lin.parameter_grads(torch.ones(2, 3), 1.0)
