@@ -195,8 +195,8 @@ class InnerStatesBlock(AutogradBlock):
         wanted = [t for t in states if t is not None]
         g, *adjoints = torch.autograd.grad(self.output, [self.input, *wanted], e, retain_graph=True, allow_unused=True)
         adjoints = iter(adjoints)
-        errors = [None if t is None else next(adjoints) for t in states]
-        self.inner = InnerErrors.read_off(self.modules, [None if a is None else _state(a) for a in errors], self.run.fold_into, g)
+        errors = [None if t is None or (a := next(adjoints)) is None else _state(a) for t in states]
+        self.inner = InnerErrors.read_off(self.modules, errors, self.run.fold_into, g)
         return g
 
 
@@ -285,7 +285,8 @@ def linearize(
             b = linearize_block(block, s, dtype, input_grad=l > 0, inner_states=l > 0 and states is None,
                                 inner=None if inner is None else inner[l], parameters=l == 0)
         lin.blocks.append(b)
-        s = _state(b.output) if errors is None or (inner is not None and inner[l] is not None) else _state(b.output) + errors[l]
+        own_error = errors is not None and (inner is None or inner[l] is None)  # inner states: none of its own
+        s = _state(b.output) + errors[l] if own_error else _state(b.output)
         dtype = b.output.dtype
         if memory == "low" and errors is not None:
             b.output = None  # the state holds what matters; the output would be a second copy

@@ -92,7 +92,8 @@ class ModuleCalls:
         self.on_output, self.freeze, self.modules, self.frames, self.nested = on_output, freeze, [], [], False
 
     def __enter__(self) -> ModuleCalls:
-        self._handles = [register_module_forward_pre_hook(self._enter_module), register_module_forward_hook(self._leave_module)]
+        self._handles = [register_module_forward_pre_hook(self._enter_module),
+                         register_module_forward_hook(self._leave_module)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -273,7 +274,8 @@ def place_and_contrast(run: Callable[[], Tensor], inner: InnerErrors, scale: flo
         e = inner.errors[k]
         if e is None:
             return output.detach()
-        params = own_parameters(module) + [p for m, j in inner.fold_into.items() if j == k for p in own_parameters(inner.modules[m])]
+        folded = [inner.modules[m] for m, j in inner.fold_into.items() if j == k]
+        params = own_parameters(module) + [p for m in folded for p in own_parameters(m)]
         pairs.extend((p, g) for p, g in parameter_grads(output, params, e, scale) if g is not None)
         if inner.owned[k] and e.dtype == output.dtype:
             return e.add_(output.detach())  # the error dies here: its storage takes the state (no allocation)
