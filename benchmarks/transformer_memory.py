@@ -3,6 +3,7 @@ checkpointing, on transformer stacks: same model, same batch, one process per st
 
     python benchmarks/transformer_memory.py                       # all stacks, docs/transformer_memory.*
     python benchmarks/transformer_memory.py --stacks gpt2_small_blocks --repeats 5
+    python benchmarks/transformer_memory.py --use_cpu false --output_dir docs/gpu   # on a CUDA GPU
 
 Methods: ``backprop`` (``Trainer``), ``backprop_checkpointed`` (``Trainer`` with ``gradient_checkpointing=True``),
 ``ep_fast`` and ``ep_low`` (``EPTrainer`` with ``ep_memory="fast"`` / ``"low"``), positive nudging, one sweep.
@@ -79,6 +80,8 @@ class Arguments:
     repeats: int = field(default=5, metadata={"help": "Timed steps per method (median reported)."})
     warmup: int = 1
     threads: int = field(default=2, metadata={"help": "torch intra-op threads."})
+    use_cpu: bool = field(default=True, metadata={"help": "False: on the CUDA device, activation memory from "
+                                                  "torch.cuda's peak counters, step times synchronized."})
     output_dir: str = "docs"
 
 
@@ -112,10 +115,10 @@ def llama():
 STACKS: dict[str, Callable] = {"char_transformer": char_transformer, "gpt2_small_blocks": gpt2_small_blocks, "llama": llama}
 
 
-def make_trainer(method: str, state: dict, build: Callable):
+def make_trainer(method: str, state: dict, build: Callable, use_cpu: bool = True):
     model = build()[0]
     model.load_state_dict(state)
-    common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=True,
+    common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=use_cpu,
                   learning_rate=1e-4, lr_scheduler_type="constant")
     if method.startswith("ep"):
         args = EPTrainingArguments(**common, ep_beta=0.01, ep_nudging="positive", ep_settle_steps=1,
@@ -137,21 +140,35 @@ def step(trainer, batch) -> None:
     trainer.optimizer.zero_grad(set_to_none=True)
 
 
+def step_bytes(trainer, batch, use_cpu: bool) -> int:
+    """Peak bytes one ``training_step`` allocates above what was live before it: from the CPU profiler's allocation
+    records, or from torch.cuda's peak counter."""
+    if use_cpu:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            trainer.training_step(trainer.model, dict(batch))
+        return tensor_peak(prof)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    trainer.training_step(trainer.model, dict(batch))
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
 def measure_stack(name: str, args: Arguments) -> dict:
     torch.manual_seed(0)
     model, vocab, (batch_size, length) = STACKS[name]()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.randint(0, vocab, (batch_size, length), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids.clone()}
-    trainers = {m: make_trainer(m, state, STACKS[name]) for m in METHODS}
+    trainers = {m: make_trainer(m, state, STACKS[name], args.use_cpu) for m in METHODS}
+    sync = (lambda: None) if args.use_cpu else torch.cuda.synchronize
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     row = {}
     for method, trainer in trainers.items():
         step(trainer, batch)  # warm-up: one-off allocations are not counted
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            trainer.training_step(trainer.model, dict(batch))
+        row[method] = {"activation_mib": (step_bytes(trainer, batch, args.use_cpu) - grad_bytes) / 2**20}
         trainer.optimizer.zero_grad(set_to_none=True)
-        row[method] = {"activation_mib": (tensor_peak(prof) - grad_bytes) / 2**20}
         with CountFlops() as flops:
             trainer.training_step(trainer.model, dict(batch))
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -159,8 +176,10 @@ def measure_stack(name: str, args: Arguments) -> dict:
     times = {m: [] for m in METHODS}
     for i in range(args.warmup + args.repeats):
         for method, trainer in trainers.items():
+            sync()
             start = time.perf_counter()
             step(trainer, batch)
+            sync()
             if i >= args.warmup:
                 times[method].append(time.perf_counter() - start)
     for method in METHODS:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, as one script: the fused Triton kernels against the torch path, their tests on
+# the device, and the transformer memory/time table on the GPU. Writes into $OUT (default docs/gpu).
+#     bash benchmarks/gpu_checks.sh
+set -euo pipefail
+out="${OUT:-docs/gpu}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/device.txt"
+python benchmarks/triton_check.py | tee "$out/triton_check.json"
+python -m pytest -q tests/test_triton.py 2>&1 | tee "$out/test_triton.txt"
+python benchmarks/transformer_memory.py --use_cpu false --repeats 10 --output_dir "$out" 2>&1 | tail -20
