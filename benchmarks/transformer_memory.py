@@ -115,13 +115,13 @@ def llama():
 STACKS: dict[str, Callable] = {"char_transformer": char_transformer, "gpt2_small_blocks": gpt2_small_blocks, "llama": llama}
 
 
-def make_trainer(method: str, state: dict, build: Callable, use_cpu: bool = True):
+def make_trainer(method: str, state: dict, build: Callable, use_cpu: bool = True, nudging: str = "positive"):
     model = build()[0]
     model.load_state_dict(state)
     common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=use_cpu,
                   learning_rate=1e-4, lr_scheduler_type="constant")
     if method.startswith("ep"):
-        args = EPTrainingArguments(**common, ep_beta=0.01, ep_nudging="positive", ep_settle_steps=1,
+        args = EPTrainingArguments(**common, ep_beta=0.01, ep_nudging=nudging, ep_settle_steps=1,
                                    ep_memory=method.split("_")[1])
         trainer = EPTrainer(model=model, args=args)
     else:

@@ -166,12 +166,14 @@ class AutogradBlock:
 
     def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
         """Leaves (parameters) are found from the graph, so any callable works and tied weights add up."""
+        leaves = self.leaves()
+        return parameter_grads(self.output, leaves, e, scale) if leaves else []
+
+    def leaves(self) -> list[Tensor]:
+        """The parameters the block's graph reaches."""
         if not self.parameters:
             raise RuntimeError("this block's graph was built for input VJPs only (parameters=False)")
-        leaves = [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
-        if not leaves:
-            return []
-        return parameter_grads(self.output, leaves, e, scale)
+        return [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
 
 
 class InnerStatesBlock(AutogradBlock):
@@ -481,31 +483,32 @@ class Contrast:
 
     def _place_layer(self, l: int, block, states: list, dtypes: list, weights: list[float], grads: dict) -> None:
         """Layer ``l`` of every phase: add its parameter gradient (phase ``p`` weighted by ``weights[p]``) into
-        ``grads``, then place its state in its error's storage. All else of the layer dies with this call."""
-        errors, inner = [p.errors[l] for p in self.phases], False
+        ``grads``, then place its state in storage the phase no longer needs. All else of the layer dies with this
+        call, and each phase's layer is done before the next phase's is built."""
         if l == 0 and self.first_block is not None:  # s_0 is clamped: f_1(s_0) is the same in every phase
             self.first_block, first = None, self.first_block
+            errors = [p.errors[l] for p in self.phases]
             combined = errors[0] if len(errors) == 1 else errors[0].add(errors[1], alpha=weights[1] / weights[0])
             _accumulate(grads, first.parameter_grads(combined, weights[0]))
-            outputs = [first.output] * len(errors)
-        elif inner := all(p.inner[l] is not None for p in self.phases):  # each module's contrast (mep_hf.inner_states)
-            outputs = []
-            for phase, s, d, w in zip(self.phases, states, dtypes, weights):
-                output, pairs = place_and_contrast(lambda: block(s if d is None else s.to(d)), phase.inner[l], w)
-                _accumulate(grads, pairs)
-                outputs.append(output)
-                phase.inner[l] = None
+            del errors, combined
+            placed = [(phase.errors[l].add_(first.output.detach()), first.output.dtype) for phase in self.phases]
         else:
-            predictions = [linearize_block(block, s, d, input_grad=False) for s, d in zip(states, dtypes)]
-            for prediction, e, w in zip(predictions, errors, weights):
-                _accumulate(grads, prediction.parameter_grads(e, w))
-            outputs = [prediction.output for prediction in predictions]
-        for p, (phase, output) in enumerate(zip(self.phases, outputs)):
-            if inner:  # the block's output is a function of its inner states: it has no error of its own
-                states[p] = phase.errors[l].copy_(output)
-            else:
-                states[p] = phase.errors[l].add_(output.detach())
-            dtypes[p], phase.errors[l] = output.dtype, None  # the state holds its storage now
+            placed = []
+            for phase, s, d, w in zip(self.phases, states, dtypes, weights):
+                e = phase.errors[l]
+                if phase.inner[l] is not None:  # each module's contrast (mep_hf.inner_states)
+                    output, pairs = place_and_contrast(lambda: block(s if d is None else s.to(d)), phase.inner[l], w)
+                    phase.inner[l] = None
+                    # The block's output is a function of its inner states: it has no error of its own.
+                    placed.append((e.copy_(output), output.dtype))
+                else:
+                    prediction = linearize_block(block, s, d, input_grad=False)
+                    pairs = prediction.parameter_grads(e, w)
+                    placed.append((e.add_(prediction.output.detach()), prediction.output.dtype))
+                    del prediction  # its graph is spent: the next phase's is built without it
+                _accumulate(grads, pairs)
+        for p, (state, dtype) in enumerate(placed):
+            states[p], dtypes[p], self.phases[p].errors[l] = state, dtype, None
 
 
 def _accumulate(grads: dict[Tensor, Tensor], pairs: list[tuple[Tensor, Tensor]]) -> None:
