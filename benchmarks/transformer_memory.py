@@ -6,7 +6,8 @@ checkpointing, on transformer stacks: same model, same batch, one process per st
     python benchmarks/transformer_memory.py --use_cpu false --output_dir docs/gpu   # on a CUDA GPU
 
 Methods: ``backprop`` (``Trainer``), ``backprop_checkpointed`` (``Trainer`` with ``gradient_checkpointing=True``),
-``ep_fast`` and ``ep_low`` (``EPTrainer`` with ``ep_memory="fast"`` / ``"low"``), positive nudging, one sweep.
+``ep_fast`` and ``ep_low`` (``EPTrainer`` with ``ep_memory="fast"`` / ``"low"``), positive nudging (``--nudging``),
+one sweep.
 Activation memory is the peak of live tensor bytes during one ``training_step`` (torch's allocation records,
 ``torch.profiler`` with ``profile_memory=True``) minus the gradients' bytes: what the step holds beyond the model
 and its gradients. Step time is the median of ``--repeats`` ``training_step`` calls, the methods interleaved.
@@ -80,6 +81,7 @@ class Arguments:
     repeats: int = field(default=5, metadata={"help": "Timed steps per method (median reported)."})
     warmup: int = 1
     threads: int = field(default=2, metadata={"help": "torch intra-op threads."})
+    nudging: str = field(default="positive", metadata={"help": "EP's ep_nudging (positive: one nudged phase)."})
     use_cpu: bool = field(default=True, metadata={"help": "False: on the CUDA device, activation memory from "
                                                   "torch.cuda's peak counters, step times synchronized."})
     output_dir: str = "docs"
@@ -161,7 +163,7 @@ def measure_stack(name: str, args: Arguments) -> dict:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.randint(0, vocab, (batch_size, length), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids.clone()}
-    trainers = {m: make_trainer(m, state, STACKS[name], args.use_cpu) for m in METHODS}
+    trainers = {m: make_trainer(m, state, STACKS[name], args.use_cpu, args.nudging) for m in METHODS}
     sync = (lambda: None) if args.use_cpu else torch.cuda.synchronize
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     row = {}
