@@ -163,8 +163,25 @@ class FreeRun:
                 self._fold_down(below, j, produced, calls.modules)
         if len(self.outputs) - len(self.fold_into) < 2:
             return  # one state: its contrast is the block's own, so an inner state would only cost memory
-        self.usable = all(_only_feeds(self.outputs[k][0].grad_fn, self.outputs[j][0].grad_fn, produced, consumers)
-                          for k, j in self.fold_into.items())
+        self.usable = all(self._only_feeds(k, j, produced, consumers) for k, j in self.fold_into.items())
+
+    def _only_feeds(self, k: int, j: int, produced: dict, consumers: dict) -> bool:
+        """Every use of folded call ``k``'s output reaches call ``j``'s state through modules folded into it only:
+        never another state (whose contrast would miss ``k``'s parameters) or the block's output."""
+        target, pending, seen = self.outputs[j][0].grad_fn, [self.outputs[k][0].grad_fn], set()
+        while pending:
+            node = pending.pop()
+            if node is target or node in seen:
+                continue
+            seen.add(node)
+            m = produced.get(node)
+            if m is not None and self.fold_into.get(m) != j:
+                return False  # another state
+            above = consumers.get(node, [])
+            if not above:
+                return False  # the block's output, not through the state
+            pending.extend(above)
+        return True
 
     def _fold_down(self, k: int, j: int, produced: dict, modules: list) -> None:
         """Fold call ``k`` into call ``j``'s state, and every module below it down to normalization outputs."""
@@ -220,24 +237,6 @@ def _sole_producer(node, produced: dict) -> int | None:
             return None
         node = inputs[0]
     return None
-
-
-def _only_feeds(start, target, produced: dict, consumers: dict) -> bool:
-    """Every use of a folded output (graph node ``start``) leads to its state (``target``) before any other
-    module's output or the block's output."""
-    pending, seen = [start], set()
-    while pending:
-        node = pending.pop()
-        if node is target:
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        above = consumers.get(node, [])
-        if not above:
-            return False  # reached the block's output without passing the state
-        pending.extend(above)
-    return True
 
 
 def parameter_grads(output: Tensor, params: list[Tensor], e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:

@@ -181,3 +181,31 @@ def test_a_graph_for_input_vjps_only_refuses_parameter_gradients():
     assert lin.vjp(torch.ones(2, 3)).shape == (2, 3)
     with pytest.raises(RuntimeError, match="input VJPs only"):
         lin.parameter_grads(torch.ones(2, 3), 1.0)
+
+
+class _FoldLeaks(nn.Module):
+    """``v`` folds into the post-norm's state (``o(v)`` is all the norm reads), but ``v`` also feeds ``side``, a
+    state of its own: the norm's contrast would miss ``v``'s share through ``side``."""
+
+    def __init__(self):
+        super().__init__()
+        self.v, self.o, self.norm = nn.Linear(6, 6), nn.Linear(6, 6), nn.LayerNorm(6)
+        self.side, self.post = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, s):
+        v = self.v(s)
+        return self.post(s + self.norm(self.o(v))) + self.side(v)
+
+
+def test_a_folded_module_that_also_feeds_another_state_keeps_block_states(monkeypatch):
+    """Negative control: accepting the block (the check turned off) gives a gradient that fails the bound."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([nn.Linear(6, 6), _FoldLeaks(), nn.Linear(6, 3)]).double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    loss = lambda s: nn.functional.cross_entropy(s, y)  # noqa: E731
+    free = eq.free_phase(eq.BlockStack(x, list(blocks), loss), "fast")
+    assert free.blocks[1].run.fold_into == {0: 2, 1: 2} and not free.blocks[1].usable
+    assert_match(*_generic_stack_grads(blocks, x, loss))
+    monkeypatch.setattr(FreeRun, "_only_feeds", lambda self, *args: True)
+    with pytest.raises(AssertionError):
+        assert_match(*_generic_stack_grads(blocks, x, loss))
