@@ -187,8 +187,7 @@ class InnerStatesBlock(AutogradBlock):
         with ModuleCalls(self.run, freeze=True) as calls:  # the contrast re-runs each module for its parameters
             super().__init__(block, state, feed_dtype, input_grad=True)
         self.modules, self.inner = calls.modules, None
-        self.run.finish(self.output, self.input, calls)
-        self.usable = self.run.usable
+        self.usable = self.run.finish(self.output, self.input, calls)
 
     def vjp(self, e: Tensor) -> Tensor:
         if not self.usable or not self.run.unchanged():
@@ -346,7 +345,8 @@ def _gradient_step(lin: Linearization, errors, beta: float, lr: float) -> list[T
     return [s - lr * g for s, g in zip(lin.states, grads)]
 
 
-def _energy(errors: Sequence[Tensor], inner, loss: float, beta: float, batch_size: int) -> tuple[float, list[float]]:
+def _energy(errors: Sequence[Tensor], inner: Sequence[InnerErrors | None], loss: float, beta: float,
+            batch_size: int) -> tuple[float, list[float]]:
     """F = Σ_l ½‖e_l‖²/B + β·L, and the per-layer terms (for divergence reports)."""
     layers = _layer_energies(errors, inner, batch_size)
     return sum(layers) + beta * loss, layers
@@ -429,7 +429,9 @@ def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: 
     if config.mode != "sweep":
         return [settle(stack, free, b, config) for b in betas]
     first = _sweep(free, betas[0], release=True)
-    starts = [first] if len(betas) == 1 else [first, ([-e for e in first[0]], [b and -b for b in first[1]])]
+    starts = [first]
+    if len(betas) == 2:  # the −β phase starts from the first sweep's negation
+        starts.append(([-e for e in first[0]], [None if block is None else -block for block in first[1]]))
     return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
 
 

@@ -131,7 +131,6 @@ class FreeRun:
     def __init__(self, inner: InnerErrors | None):
         self.inner, self.outputs, self.norm_inputs, self.tensors_only = inner, [], {}, True
         self.fold_into: dict[int, int] = {}
-        self.usable = False
 
     def __call__(self, k: int, module: nn.Module, args: tuple, output):
         if not isinstance(output, Tensor):
@@ -147,23 +146,23 @@ class FreeRun:
         self.outputs.append((output, output._version))
         return output
 
-    def finish(self, output: Tensor, input: Tensor, calls: ModuleCalls) -> None:
-        """Set :attr:`fold_into` and :attr:`usable` from the block's graph."""
+    def finish(self, output: Tensor, input: Tensor, calls: ModuleCalls) -> bool:
+        """Set :attr:`fold_into` from the block's graph; whether the block can have inner states."""
         if not self.tensors_only or calls.nested or output.grad_fn is None:
-            return
+            return False
         uses, consumers = _graph(output)
         if any(p is not input for p in uses):
-            return  # a parameter used outside its module's forward (inside, they were frozen)
+            return False  # a parameter used outside its module's forward (inside, they were frozen)
         produced = {t.grad_fn: k for k, (t, _) in enumerate(self.outputs) if t.grad_fn is not None}
         if len(produced) != len(self.outputs):
-            return
+            return False
         for j, x in self.norm_inputs.items():
             below = _sole_producer(x.grad_fn, produced)
             if below is not None:
                 self._fold_down(below, j, produced, calls.modules)
         if len(self.outputs) - len(self.fold_into) < 2:
-            return  # one state: its contrast is the block's own, so an inner state would only cost memory
-        self.usable = all(self._only_feeds(k, j, produced, consumers) for k, j in self.fold_into.items())
+            return False  # one state: its contrast is the block's own, so an inner state would only cost memory
+        return all(self._only_feeds(k, j, produced, consumers) for k, j in self.fold_into.items())
 
     def _only_feeds(self, k: int, j: int, produced: dict, consumers: dict) -> bool:
         """Every use of folded call ``k``'s output reaches call ``j``'s state through modules folded into it only:

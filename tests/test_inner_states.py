@@ -148,7 +148,7 @@ def test_inner_states_cut_a_decoder_step_to_four_thirds_of_backprops_work(monkey
     model, batch = _llama()
     backprop = _step_flops(model, batch, None)
     fast = _step_flops(model, batch, "fast") / backprop
-    monkeypatch.setattr(FreeRun, "finish", lambda self, *args: None)  # usable stays False: block states
+    monkeypatch.setattr(FreeRun, "finish", lambda self, *args: False)  # no block may have inner states
     block_states = _step_flops(model, batch, "fast") / backprop
     assert fast <= 1.36, fast
     assert block_states >= 1.6, block_states
