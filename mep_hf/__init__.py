@@ -9,8 +9,18 @@ stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep
 from . import adapters, callbacks, data, hub, metrics, optim
 from .adapters import prepare_ep_model
 from .callbacks import EWCCallback
+from .audit import GradientAuditError
 from .checkpointing import CheckpointIntegrityError
-from .equilibrium import BlockStack, Contrast, SettleConfig, SettlingDivergedError, free_phase, nudged_phases, settle
+from .equilibrium import (
+    BlockStack,
+    Contrast,
+    ScaleFreeBeta,
+    SettleConfig,
+    SettlingDivergedError,
+    free_phase,
+    nudged_phases,
+    settle,
+)
 from .guard import TrainingDivergedError
 from .models import (
     EPCharTokenizer,
@@ -55,6 +65,8 @@ __all__ = [
     "EPTrainer",
     "EPTrainingArguments",
     "EWCCallback",
+    "GradientAuditError",
+    "ScaleFreeBeta",
     "SettleConfig",
     "SettlingDivergedError",
     "TrainingDivergedError",

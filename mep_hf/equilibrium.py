@@ -99,7 +99,7 @@ class BlockStack:
 class SettleConfig:
     """How a nudged phase settles. Validated by ``EPTrainingArguments``; see its field docs."""
 
-    steps: int = 2
+    steps: int = 1
     mode: str = "sweep"
     lr: float = 0.2
     tol: float = 0.0
@@ -406,6 +406,29 @@ def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleCo
     return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start, inner=inner)
 
 
+@dataclass(frozen=True)
+class ScaleFreeBeta:
+    """β chosen each step so that the nudge moves no state by more than ``displacement`` of the state's own size.
+
+    Why: EP's bias comes from evaluating each layer's Jacobian at the nudged state instead of the free one, so it
+    is set by how far the states move *relative to their own scale*, not by β itself. The same β displaces the
+    logits of an MLP by 1e-4 of their size and a Llama's small residual stream (behind RMSNorm's curvature) a
+    hundred times more; a mean over tokens shrinks the per-token nudge by the token count. The first sweep from
+    the free state is linear in β, so it runs once at β = 1 and its errors are scaled by
+    ``β = displacement / max_l ‖u_l‖/‖s_l‖`` (``u_l``: the unit sweep's error at block ``l``): no extra work, and
+    the same default is exact enough on every model (``docs/defaults.md``). The errors are stored, never formed as
+    differences of states, so a small displacement costs no precision, in float32 or under autocast.
+    """
+
+    displacement: float = 1e-3
+
+    def resolve(self, errors: Sequence[Tensor], state_squares: Sequence[float]) -> float:
+        """β for a unit sweep's ``errors`` at states of squared norms ``state_squares``."""
+        ratios = [math.sqrt(e / s) for e, s in zip(_sum_squares(errors), state_squares) if s > 0]
+        largest = max(ratios, default=0.0)
+        return self.displacement / largest if largest > 0 and math.isfinite(largest) else 1.0
+
+
 def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
     """The β of each nudged phase: ``(β,)`` (positive), ``(β, −β)`` (centered), or ``(±β,)`` with the sign drawn
     from torch's global RNG (random_sign: one phase, whose O(β) bias changes sign from step to step and averages
@@ -419,19 +442,34 @@ def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
     return (beta,)
 
 
-def nudged_phases(stack: BlockStack, free: Linearization, beta: float, nudging: str, config: SettleConfig):
+def _scaled(sweep: tuple[list[Tensor], list[InnerErrors | None]], factor: float):
+    """A sweep's errors (and inner errors) times ``factor``: the first sweep is linear in β."""
+    errors, inner = sweep
+    return [e * factor for e in errors], [None if block is None else block * factor for block in inner]
+
+
+def nudged_phases(stack: BlockStack, free: Linearization, beta: float | ScaleFreeBeta, nudging: str,
+                  config: SettleConfig):
     """The nudged phases a contrast needs (:func:`nudging_betas`), from one free pass.
 
     With sweep settling, the first sweep from the free state is linear in β: it runs once, consuming the free
-    pass's block linearizations (all but block 1's), and the ``−β`` phase starts from its negation.
+    pass's block linearizations (all but block 1's), and each phase starts from it scaled by its own β (a
+    :class:`ScaleFreeBeta` is resolved from that same sweep, run at β = 1).
     """
+    unit = None
+    if isinstance(beta, ScaleFreeBeta):
+        state_squares = _sum_squares(free.states)  # before the sweep releases the states
+        unit = _sweep(free, 1.0, release=config.mode == "sweep")
+        beta = beta.resolve(unit[0], state_squares)
     betas = nudging_betas(beta, nudging)
     if config.mode != "sweep":
         return [settle(stack, free, b, config) for b in betas]
-    first = _sweep(free, betas[0], release=True)
-    starts = [first]
-    if len(betas) == 2:  # the −β phase starts from the first sweep's negation
-        starts.append(([-e for e in first[0]], [None if block is None else -block for block in first[1]]))
+    if unit is None:
+        first = _sweep(free, betas[0], release=True)
+        starts = [first] + [_scaled(first, b / betas[0]) for b in betas[1:]]
+    else:
+        starts = [_scaled(unit, b) for b in betas]
+        del unit
     return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
 
 

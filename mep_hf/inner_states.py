@@ -63,8 +63,9 @@ class InnerErrors:
     def tensors(self) -> list[Tensor]:
         return [e for e in self.errors if e is not None]
 
-    def __neg__(self) -> InnerErrors:
-        return InnerErrors(self.modules, [None if e is None else -e for e in self.errors], self.fold_into,
+    def __mul__(self, factor: float) -> InnerErrors:
+        """New tensors, each owned: a scaled sweep starts a phase of its own."""
+        return InnerErrors(self.modules, [None if e is None else e * factor for e in self.errors], self.fold_into,
                            [e is not None for e in self.errors])
 
 

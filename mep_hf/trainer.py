@@ -21,6 +21,7 @@ from transformers import Trainer
 from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
+from .audit import GradientAudit, agreement
 from .checkpointing import AtomicCheckpointMixin
 from .energies import resolve_energy
 from .equilibrium import BlockStack, SettlingDivergedError
@@ -95,7 +96,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
         self._unwrap_cache: tuple[nn.Module | None, nn.Module | None] = (None, None)
-        self._in_training_step = False
+        self._step_kind: str | None = None  # "ep" or "backprop" (the audit's reference) inside training_step
+        self._audit = GradientAudit(self.args.ep_audit_steps, self.args.ep_audit_min_cosine,
+                                    self.args.ep_audit_max_rel_error, self.args.ep_audit_strict)
         self._loss_guard = LossGuard(self.args.ep_loss_guard_factor, self.args.ep_loss_guard_window)
         # Trainer's loop sets this per accumulation window; the default lets training_step run on its own too.
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
@@ -116,12 +119,44 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         return super().create_optimizer(model)
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
-        """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`)."""
-        self._in_training_step = True
+        """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`). On an audited
+        step (:mod:`mep_hf.audit`) a backprop step of the same loss follows, and only EP's gradient is kept."""
+        if self._energy.has_backprop_reference and self._audit.due(self.state.global_step):
+            return self._audited_step(model, inputs, num_items_in_batch)
+        return self._step(model, inputs, num_items_in_batch, "ep")
+
+    def _step(self, model: nn.Module, inputs: dict, num_items_in_batch, kind: str) -> torch.Tensor:
+        self._step_kind = kind
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            return super().training_step(model, dict(inputs), num_items_in_batch)
         finally:
-            self._in_training_step = False
+            self._step_kind = None
+
+    def _audited_step(self, model: nn.Module, inputs: dict, num_items_in_batch) -> torch.Tensor:
+        """The EP step, then Trainer's backprop step on the same batch (same scaling, all-reduce and dropout masks,
+        the random state left as the EP step left it); the two micro-batch gradients are compared and EP's is added
+        to what the accumulation window already holds."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        held = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        loss = self._step(model, inputs, num_items_in_batch, "ep")
+        ep = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        device = self.args.device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [],
+                                   device_type=device.type if device.type != "cpu" else "cuda"):
+            self._step(model, inputs, num_items_in_batch, "backprop")
+        reference = [p.grad for p in params]
+        for p, h, g in zip(params, held, ep):
+            p.grad = g if h is None else h if g is None else h.add_(g)
+        cosine, rel_error = agreement(ep, reference)
+        del reference
+        self._ep_metrics["ep_audit_cosine"].append(cosine)
+        self._ep_metrics["ep_audit_rel_error"].append(rel_error)
+        self._audit.judge(cosine, rel_error, self.state.global_step + 1)
+        return loss
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         """Inside a training step: the loss Trainer would compute, with EP's gradient. Elsewhere (evaluation,
@@ -131,7 +166,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         and the EP contrast ``C`` for the gradient. ``C`` runs through the (possibly DDP-wrapped) model's forward so
         that gradient all-reduce hooks fire.
         """
-        if not self._in_training_step:
+        if self._step_kind is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         args, unwrapped = self.args, self._unwrapped(model)
         was_training = unwrapped.training
@@ -141,6 +176,10 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         if not getattr(unwrapped, "ep_shares_dropout", False):
             unwrapped.eval()
         try:
+            if self._step_kind == "backprop":  # the audit's reference: through the forward, as EP's contrast runs
+                loss = model(**inputs, ep_contrast=lambda stack: self._trainer_loss(
+                    unwrapped, stack, inputs, num_items_in_batch)(self._energy.feed_forward(stack)))
+                return (loss, None) if return_outputs else loss
             stack: BlockStack = unwrapped.ep_stack(**inputs)
             trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
             stack.loss = trainer_loss
@@ -149,7 +188,8 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             free_loss = free.loss
             self._guard_against_divergence(free_loss)
             try:
-                phases = energy.nudged_phases(stack, free, args.ep_beta, args.ep_nudging, config)
+                nudging = args.ep_nudging or energy.default_nudging
+                phases = energy.nudged_phases(stack, free, args.nudge, nudging, config)
                 contrast_fn = energy.contrast(free, phases, config, self._loss_scale(), trainer_loss)
                 # The contrast keeps what it needs of the free phase and frees it on the way; it builds its own
                 # stack (through the model's forward), so this one's masks and rotary tables go now.

@@ -9,21 +9,30 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .energies import ENERGIES
-from .equilibrium import MEMORY_MODES, NUDGING_MODES, SETTLE_MODES, SettleConfig
+from .equilibrium import MEMORY_MODES, NUDGING_MODES, SETTLE_MODES, ScaleFreeBeta, SettleConfig
 
 
 @dataclass
 class EPTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the Equilibrium Propagation settings used by :class:`~mep_hf.EPTrainer`."""
 
-    ep_beta: float = field(
-        default=0.1,
-        metadata={"help": "Nudging strength β > 0. Smaller is closer to the exact gradient but noisier in low precision."},
+    ep_beta: float | None = field(
+        default=None,
+        metadata={"help": "Nudging strength β > 0, fixed. Default (unset): the energy family's; for the layered "
+                          "energy a scale-free β chosen each step so that no state moves by more than "
+                          "ep_nudge_displacement of its own size (docs/defaults.md)."},
     )
-    ep_nudging: str = field(
-        default="centered",
-        metadata={"help": "'centered' (±β phases, O(β²) bias), 'positive' (one +β phase, O(β) bias, cheaper) or "
-                          "'random_sign' (one phase, β's sign drawn each step: the O(β) bias averages out)."},
+    ep_nudge_displacement: float = field(
+        default=1e-4,
+        metadata={"help": "With ep_beta unset (layered energy): the largest relative state displacement ‖Δs_l‖/‖s_l‖ "
+                          "the nudge may cause. EP's bias grows linearly with it (about 20x it on a stock Llama, "
+                          "0.03x on BERT: docs/defaults.md)."},
+    )
+    ep_nudging: str | None = field(
+        default=None,
+        metadata={"help": "'positive' (one +β phase, O(β) bias, cheapest), 'centered' (±β phases, O(β²) bias, "
+                          "a second contrast) or 'random_sign' (one phase, β's sign drawn each step). Default "
+                          "(unset): the energy family's ('positive' for layered, 'centered' for hopfield)."},
     )
     ep_energy: str | None = field(
         default=None,
@@ -44,7 +53,11 @@ class EPTrainingArguments(TrainingArguments):
         default="sweep",
         metadata={"help": "'sweep' (back-to-front error sweep, exact to first order per sweep) or 'gradient'."},
     )
-    ep_settle_steps: int = field(default=2, metadata={"help": "Maximum settling steps (sweeps) per nudged phase."})
+    ep_settle_steps: int = field(
+        default=1,
+        metadata={"help": "Maximum settling steps (sweeps) per nudged phase. One sweep from the free state is exact "
+                          "to first order in β; more only help at a large β."},
+    )
     ep_settle_lr: float = field(
         default=0.2, metadata={"help": "State step size for ep_settle_mode='gradient' (unused by 'sweep')."}
     )
@@ -72,6 +85,24 @@ class EPTrainingArguments(TrainingArguments):
     ep_loss_guard_window: int = field(
         default=20, metadata={"help": "Steps in the running median of the divergence guard's baseline."}
     )
+    ep_audit_steps: int = field(
+        default=100,
+        metadata={"help": "Every this many optimizer steps (and at the first), compare EP's gradient with backprop's "
+                          "on that batch (one extra forward and backward) and log ep_audit_cosine and "
+                          "ep_audit_rel_error; 0 = off."},
+    )
+    ep_audit_min_cosine: float = field(
+        default=0.99,
+        metadata={"help": "The audit warns (once) when the cosine of EP's and backprop's gradients falls below this."},
+    )
+    ep_audit_max_rel_error: float = field(
+        default=0.1,
+        metadata={"help": "The audit warns (once) when ‖g_EP − g_BP‖/‖g_BP‖ exceeds this."},
+    )
+    ep_audit_strict: bool = field(
+        default=False,
+        metadata={"help": "Raise GradientAuditError instead of warning when the audit leaves its bounds."},
+    )
     ep_resume_without_optimizer_state: bool = field(
         default=False,
         metadata={"help": "Resume from a checkpoint that lacks optimizer.pt / scheduler.pt, with a fresh optimizer "
@@ -87,12 +118,20 @@ class EPTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.ep_beta, bool) or not (
+        if self.ep_beta is not None and (isinstance(self.ep_beta, bool) or not (
             isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0
-        ):
-            raise ValueError(f"ep_beta must be a finite number > 0, got {self.ep_beta!r}")
-        if self.ep_nudging not in NUDGING_MODES:
-            raise ValueError(f"ep_nudging must be one of {NUDGING_MODES}, got {self.ep_nudging!r}")
+        )):
+            raise ValueError(f"ep_beta must be a finite number > 0 or None (scale-free), got {self.ep_beta!r}")
+        if not _is_number(self.ep_nudge_displacement) or not 0 < self.ep_nudge_displacement < 1:
+            raise ValueError(f"ep_nudge_displacement must be in (0, 1), got {self.ep_nudge_displacement!r}")
+        if self.ep_nudging is not None and self.ep_nudging not in NUDGING_MODES:
+            raise ValueError(f"ep_nudging must be one of {NUDGING_MODES} or None (the family's), got {self.ep_nudging!r}")
+        if isinstance(self.ep_audit_steps, bool) or not (isinstance(self.ep_audit_steps, int) and self.ep_audit_steps >= 0):
+            raise ValueError(f"ep_audit_steps must be an integer >= 0 (0 = off), got {self.ep_audit_steps!r}")
+        if not _is_number(self.ep_audit_min_cosine) or not -1 <= self.ep_audit_min_cosine <= 1:
+            raise ValueError(f"ep_audit_min_cosine must be in [-1, 1], got {self.ep_audit_min_cosine!r}")
+        if not _is_number(self.ep_audit_max_rel_error) or not self.ep_audit_max_rel_error > 0:
+            raise ValueError(f"ep_audit_max_rel_error must be > 0, got {self.ep_audit_max_rel_error!r}")
         if self.ep_energy is not None and self.ep_energy not in ENERGIES:
             raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {self.ep_energy!r}")
         for name in ("ep_free_steps", "ep_nudged_steps"):
@@ -133,6 +172,12 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError("mep_optimizer_options were given but no mep_optimizer preset is set")
 
     @property
+    def nudge(self) -> float | ScaleFreeBeta:
+        """The β to nudge with: ``ep_beta`` when set, else the scale-free rule (a family that has none, hopfield, uses
+        its own default β)."""
+        return self.ep_beta if self.ep_beta is not None else ScaleFreeBeta(self.ep_nudge_displacement)
+
+    @property
     def settle_config(self) -> SettleConfig:
         return SettleConfig(
             steps=self.ep_settle_steps,
@@ -144,3 +189,7 @@ class EPTrainingArguments(TrainingArguments):
             free_steps=self.ep_free_steps,
             nudged_steps=self.ep_nudged_steps,
         )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

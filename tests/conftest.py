@@ -48,14 +48,8 @@ def toy_args(tmp_path, **overrides) -> EPTrainingArguments:
         disable_tqdm=True,
         ep_beta=0.01,
         ep_nudging="positive",
-        ep_settle_steps=1,
     )
     return EPTrainingArguments(**{**defaults, **overrides})
-
-
-def hopfield_args(tmp_path, **overrides) -> EPTrainingArguments:
-    """``toy_args`` with the layered-only ``ep_settle_steps`` back at its default, which the hopfield energy requires."""
-    return toy_args(tmp_path, **{"ep_settle_steps": 2, **overrides})
 
 
 @pytest.fixture

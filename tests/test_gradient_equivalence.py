@@ -24,7 +24,9 @@ def compare(params, stack: BlockStack, contrast_of, beta=1e-4, config=SettleConf
     grads = {}
     for memory in MEMORY_MODES:
         free = free_phase(stack, memory)
-        assert torch.equal(free.states[-1], s.detach())
+        # The free phase is the forward pass, but fast mode computes it module by module under hooks: the kernels
+        # may sum in another order (5.6e-17 apart on an AMD EPYC), so the agreement is float64's, not bit for bit.
+        torch.testing.assert_close(free.states[-1], s.detach(), rtol=1e-12, atol=1e-14)
         phases = nudged_phases(stack, free, beta, nudging, replace(config, memory=memory))
         grads[memory] = torch.autograd.grad(contrast_of(Contrast(phases)), params)
     cos, rel = [], []

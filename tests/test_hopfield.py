@@ -28,7 +28,7 @@ from mep_hf import (
 from mep_hf.energies import ENERGIES, get_energy, register_energy
 from mep_hf.energies.hopfield import dynamics_step, free_phase, loss_gradient
 from mep_hf.kernels.linear_maps import ConvPoolLinearization, LinearMapLinearization
-from tests.conftest import hopfield_args, toy_images
+from tests.conftest import toy_args, toy_images
 from tests.hopfield_reference import block_params, implicit_gradient, transition, zero_states
 from tests.parity import relative_difference
 
@@ -291,13 +291,13 @@ def test_config_validation(kwargs, message):
 
 def test_arguments_are_validated(tmp_path):
     with pytest.raises(ValueError, match=r"ep_energy must be one of \('layered', 'hopfield'\)|ep_energy must be one"):
-        hopfield_args(tmp_path, ep_energy="ising")
+        toy_args(tmp_path, ep_energy="ising")
     with pytest.raises(ValueError, match="ep_free_steps must be an integer >= 1"):
-        hopfield_args(tmp_path, ep_free_steps=0)
+        toy_args(tmp_path, ep_free_steps=0)
     with pytest.raises(ValueError, match="ep_nudged_steps must be an integer >= 1"):
-        hopfield_args(tmp_path, ep_nudged_steps=True)
+        toy_args(tmp_path, ep_nudged_steps=True)
     with pytest.raises(ValueError, match="ep_nudging must be one of"):
-        hopfield_args(tmp_path, ep_nudging="symmetric")
+        toy_args(tmp_path, ep_nudging="symmetric")
 
 
 def _hopfield_toy(seed=0, **kw):
@@ -308,21 +308,21 @@ def _hopfield_toy(seed=0, **kw):
 
 def test_trainer_refuses_a_family_the_model_does_not_declare(tmp_path):
     with pytest.raises(ValueError, match="ep_energy='layered' but EPHopfieldMLPForImageClassification is a 'hopfield'"):
-        EPTrainer(model=_hopfield_toy(), args=hopfield_args(tmp_path, ep_energy="layered"))
+        EPTrainer(model=_hopfield_toy(), args=toy_args(tmp_path, ep_energy="layered"))
     with pytest.raises(ValueError, match="ep_energy='hopfield' but EPMLPForImageClassification is a 'layered'"):
         EPTrainer(model=EPMLPForImageClassification(EPMLPConfig(input_size=64, hidden_sizes=[8], num_labels=4)),
-                  args=hopfield_args(tmp_path, ep_energy="hopfield"))
+                  args=toy_args(tmp_path, ep_energy="hopfield"))
     with pytest.raises(ValueError, match="ep_free_steps is for energies whose free phase settles"):
         EPTrainer(model=EPMLPForImageClassification(EPMLPConfig(input_size=64, hidden_sizes=[8], num_labels=4)),
-                  args=hopfield_args(tmp_path, ep_free_steps=5))
+                  args=toy_args(tmp_path, ep_free_steps=5))
 
 
 @pytest.mark.parametrize("flag, value", [("ep_settle_steps", 5), ("ep_settle_mode", "gradient"),
                                          ("ep_settle_lr", 0.5), ("ep_memory", "low")])
 def test_hopfield_refuses_the_layered_only_knobs_it_would_ignore(tmp_path, flag, value):
     with pytest.raises(ValueError, match=f"{flag}={value!r} is not read by the hopfield energy"):
-        EPTrainer(model=_hopfield_toy(), args=hopfield_args(tmp_path, **{flag: value}))
-    EPTrainer(model=_hopfield_toy(), args=hopfield_args(tmp_path))  # the defaults pass
+        EPTrainer(model=_hopfield_toy(), args=toy_args(tmp_path, **{flag: value}))
+    EPTrainer(model=_hopfield_toy(), args=toy_args(tmp_path))  # the defaults pass
 
 
 @pytest.mark.parametrize("nudging", ["centered", "random_sign"])
@@ -330,7 +330,7 @@ def test_hopfield_refuses_the_layered_only_knobs_it_would_ignore(tmp_path, flag,
 def test_eptrainer_trains_a_pmlp_and_logs_settling_diagnostics(tmp_path, nudging, loss):
     dataset = toy_images(256)
     model = _hopfield_toy(loss=loss)
-    args = hopfield_args(tmp_path, ep_nudging=nudging, ep_beta=0.5, learning_rate=3e-3, max_steps=48, logging_steps=16,
+    args = toy_args(tmp_path, ep_nudging=nudging, ep_beta=0.5, learning_rate=3e-3, max_steps=48, logging_steps=16,
                     ep_nudged_steps=6)
     trainer = EPTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()

@@ -86,7 +86,11 @@ def test_muon_matches_torch_muon_in_bfloat16():
         ours.grad, ref.grad = grad.clone(), grad.clone()
         opt.step()
         ref_opt.step()
-    assert torch.equal(ours, ref)
+    # Two implementations: their bfloat16 Newton-Schulz products may round an element differently on another CPU's
+    # kernels (float32 accumulation, bfloat16 results), so the updates agree in norm, not bit for bit. The bound
+    # still fails for an lr 1% off (relative difference 1e-2).
+    delta, ref_delta = ours.detach() - w, ref.detach() - w
+    assert float((delta - ref_delta).norm() / ref_delta.norm()) <= 3e-3
 
 
 def test_adamw_fallback_matches_torch_adamw():
@@ -101,7 +105,8 @@ def test_adamw_fallback_matches_torch_adamw():
         ours.grad, ref.grad = grad.clone(), grad.clone()
         opt.step()
         ref_opt.step()
-    assert torch.equal(ours, ref)
+    # Two implementations of the same float32 update: equal to float32 rounding (an lr 1% off fails this).
+    torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_muon_orthogonalizes_conv_kernels_as_matrices():

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from ..equilibrium import BlockStack, SettleConfig
+from ..equilibrium import BlockStack, ScaleFreeBeta, SettleConfig
 
 DEFAULT_ENERGY = "layered"
 
@@ -29,6 +29,9 @@ class EnergyFamily(Protocol):
     """What ``EPTrainer`` asks of a family, in the order of one training step."""
 
     name: str
+    default_nudging: str  # ep_nudging when the user sets none
+    # Whether EP's gradient tends to backprop's through ``feed_forward`` (the gradient audit, mep_hf.audit, needs it).
+    has_backprop_reference: bool
 
     def check_config(self, config: SettleConfig) -> None:
         """Refuse settings this family cannot honour (``ValueError`` naming the ``ep_*`` flag)."""
@@ -36,13 +39,19 @@ class EnergyFamily(Protocol):
     def free_phase(self, stack: BlockStack, config: SettleConfig) -> Any:
         """The β = 0 equilibrium; the result's ``loss`` is the task loss there (what Trainer logs)."""
 
-    def nudged_phases(self, stack: BlockStack, free: Any, beta: float, nudging: str, config: SettleConfig) -> list:
-        """Settle the nudged phase(s) of :func:`mep_hf.equilibrium.nudging_betas` from the free state."""
+    def nudged_phases(self, stack: BlockStack, free: Any, beta: float | ScaleFreeBeta, nudging: str,
+                      config: SettleConfig) -> list:
+        """Settle the nudged phase(s) of :func:`mep_hf.equilibrium.nudging_betas` from the free state; a family
+        without a scale-free rule replaces a :class:`~mep_hf.equilibrium.ScaleFreeBeta` by its own default β."""
 
     def contrast(self, free: Any, phases: list, config: SettleConfig, grad_scale: float,
                  loss: Callable[[Tensor], Tensor]) -> Callable[[BlockStack], Tensor]:
         """The contrast: called on the stack inside the model's ``forward(ep_contrast=...)``, it returns a scalar
         whose parameter gradient is EP's. It checks the phases for divergence while computing their energies."""
+
+    def feed_forward(self, stack: BlockStack) -> Tensor:
+        """The output state of the feed-forward pass, differentiable: backprop of ``stack.loss`` of it is the
+        reference EP's gradient tends to (families with ``has_backprop_reference``)."""
 
     def diagnostics(self, contrast: Any) -> dict[str, float]:
         """Scalars for the Trainer's logs (averaged between logging steps), read from the contrast after it ran."""

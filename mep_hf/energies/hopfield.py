@@ -45,6 +45,7 @@ from torch import Tensor
 from ..equilibrium import (
     BlockLinearization,
     BlockStack,
+    ScaleFreeBeta,
     SettleConfig,
     SettlingDivergedError,
     _accumulate,
@@ -232,6 +233,12 @@ class HopfieldEnergy:
     ``settle_tol``) stops a phase early on its residual."""
 
     name = "hopfield"
+    default_nudging = "centered"
+    # Classic EP settles each phase for a few steps: the nudge must beat what settling leaves unconverged, so β is
+    # a fixed fraction of the [0, 1] state range rather than the layered energy's vanishing scale-free one.
+    default_beta = 0.1
+    # Its gradient tends to that of the loss at the settled free state, which no single forward pass computes.
+    has_backprop_reference = False
 
     # SettleConfig fields only the layered energy reads, with the argument that sets each.
     LAYERED_ONLY = {"mode": "ep_settle_mode", "steps": "ep_settle_steps", "lr": "ep_settle_lr", "memory": "ep_memory"}
@@ -265,6 +272,7 @@ class HopfieldEnergy:
     def nudged_phases(self, stack, free, beta, nudging, config) -> list[HopfieldPhase]:
         _, steps, tol = self._schedule(stack, config)
         force = loss_gradient(stack.loss, stack.batch_size)
+        beta = self.default_beta if isinstance(beta, ScaleFreeBeta) else beta
         phases = []
         with torch.no_grad():
             for b in nudging_betas(beta, nudging):

@@ -10,6 +10,8 @@ class LayeredEnergy:
     """``E = 1/B Σ_l ½‖s_l − f_l(s_{l−1})‖²``: the free phase is the forward pass; nudged phases settle by sweeps."""
 
     name = "layered"
+    default_nudging = "positive"  # with a scale-free β, one phase is exact enough and a second contrast is not paid
+    has_backprop_reference = True
 
     def check_config(self, config: eq.SettleConfig) -> None:
         for flag, value in (("ep_free_steps", config.free_steps), ("ep_nudged_steps", config.nudged_steps)):
@@ -28,10 +30,17 @@ class LayeredEnergy:
         return eq.Contrast(phases, config.divergence_threshold, first_block=free.blocks[0], grad_scale=grad_scale,
                            loss=loss)
 
+    def feed_forward(self, stack):
+        s = stack.inputs
+        for block in stack.blocks:
+            s = block(s)
+        return s
+
     def diagnostics(self, contrast):
         phases = contrast.phases
         return {"ep_energy": sum(p.energy for p in phases) / len(phases),
-                "ep_settle_steps": sum(p.steps for p in phases) / len(phases)}
+                "ep_settle_steps": sum(p.steps for p in phases) / len(phases),
+                "ep_beta": abs(phases[0].beta)}
 
 
 register_energy(LayeredEnergy())

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from mep_hf import EPHopfieldMLPConfig, EPHopfieldMLPForImageClassification, EPTrainer  # noqa: E402
-from tests.conftest import hopfield_args, toy_images  # noqa: E402
+from tests.conftest import toy_args, toy_images  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
                                  free_steps=15, nudged_steps=6)
     model = EPHopfieldMLPForImageClassification(config)
     overrides = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
-    args = hopfield_args(Path(a.out), per_device_train_batch_size=a.batch, max_steps=a.max_steps, ep_beta=0.5,
+    args = toy_args(Path(a.out), per_device_train_batch_size=a.batch, max_steps=a.max_steps, ep_beta=0.5,
                     ep_nudging="centered", learning_rate=1e-2, **overrides)
     trainer = EPTrainer(model=model, args=args, train_dataset=toy_images(128))
     trainer.train()
