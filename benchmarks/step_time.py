@@ -3,8 +3,10 @@
     python benchmarks/step_time.py                       # MLP 784-512-512-10, conv net, char transformer
     python benchmarks/step_time.py --models mlp --repeats 50
     python benchmarks/step_time.py --models llama --batch_size 8 --threads 1   # stock LlamaForCausalLM, adapted
+    (models: mlp, convnet, char_transformer; stock llama, qwen2, gpt2, bert, roberta, vit on random batches)
     python benchmarks/step_time.py --use_cpu false       # on a CUDA GPU (fused Triton kernels for dense blocks)
 
+EP runs at the library's defaults (``EPTrainingArguments()``) unless ``--ep_*`` flags say otherwise.
 For each model: a plain ``Trainer`` (backprop) and an ``EPTrainer`` start from the same weights; each timed step
 is the Trainer's own ``training_step`` plus its optimizer step, alternating EP and backprop so that load on the
 machine hits both alike; the median of ``--repeats`` is reported as ``ratio = EP / backprop``. Then both train for
@@ -49,8 +51,9 @@ class BenchmarkArguments:
     warmup: int = 5
     budget_steps: int = field(default=400, metadata={"help": "Training steps for the accuracy check."})
     output_dir: str = "runs/step_time"
-    ep_beta: float = 0.01
-    ep_nudging: str = "positive"
+    # The library's defaults (EPTrainingArguments()), unless set.
+    ep_beta: float | None = None
+    ep_nudging: str | None = None
     ep_settle_steps: int = 1
     learning_rate: float = 1e-3
     seed: int = 0
@@ -75,29 +78,78 @@ def char_transformer() -> torch.nn.Module:
     return EPCharTransformerForCausalLM(config)
 
 
+# Stock transformers models of a few million parameters (d=256, 4 layers, vocab 2048, context 128), trained by EP
+# through the adapters (mep_hf.adapters); what ``benchmarks/defaults.py`` checks the library defaults on.
+STOCK = dict(vocab_size=2048, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8)
+
+
 def llama() -> torch.nn.Module:
-    """A stock ``LlamaForCausalLM`` (d=256, 4 layers, 8 heads / 4 key-value heads, SwiGLU 704, vocab 2048, context
-    128), trained by EP through the decoder-family adapter (``mep_hf.adapters``)."""
+    """A stock ``LlamaForCausalLM`` (8 heads / 4 key-value heads, SwiGLU 704)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=2048, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=128)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(LlamaConfig(**STOCK, num_key_value_heads=4, max_position_embeddings=128))
+
+
+def qwen2() -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(**STOCK, num_key_value_heads=4, max_position_embeddings=128))
+
+
+def gpt2() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_embd=256, n_layer=4, n_head=8, n_inner=704, n_positions=128))
+
+
+def bert() -> torch.nn.Module:
+    """A stock ``BertForSequenceClassification`` (2 labels); dropout on, as Hugging Face ships it."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(**STOCK, max_position_embeddings=128, num_labels=2))
+
+
+def roberta() -> torch.nn.Module:
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    return RobertaForSequenceClassification(RobertaConfig(**STOCK, max_position_embeddings=130, num_labels=2))
+
+
+def vit() -> torch.nn.Module:
+    """A stock ``ViTForImageClassification`` on 32x32 RGB images, 4x4 patches, 10 labels."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
+                       image_size=32, patch_size=4, num_channels=3, num_labels=10)
+    return ViTForImageClassification(config)
 
 
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
-    "mlp": mlp,
-    "convnet": convnet,
-    "char_transformer": char_transformer,
-    "llama": llama,
+    "mlp": mlp, "convnet": convnet, "char_transformer": char_transformer, "llama": llama, "qwen2": qwen2,
+    "gpt2": gpt2, "bert": bert, "roberta": roberta, "vit": vit,
 }
-LM_SHAPES = {"char_transformer": (96, 64), "llama": (2048, 128)}  # (vocabulary, context) of the language models
+LM_SHAPES = {"char_transformer": (96, 64), "llama": (2048, 128), "qwen2": (2048, 128), "gpt2": (2048, 128)}
+SEQUENCE_CLASSIFIERS = {"bert": (2048, 128, 2), "roberta": (2048, 128, 2)}  # (vocabulary, length, labels)
+MNIST_MODELS = ("mlp", "convnet")
 
 
-def lm_batch(name: str, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    vocab, length = LM_SHAPES[name]
-    ids = torch.randint(0, vocab, (batch_size, length), generator=torch.Generator().manual_seed(seed))
-    return {"input_ids": ids, "labels": ids.clone()}
+def synthetic_batch(name: str, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """A batch of random inputs with labels for the models that do not read MNIST (their step time and gradient do
+    not depend on what the data mean)."""
+    g = torch.Generator().manual_seed(seed)
+    if name in LM_SHAPES:
+        vocab, length = LM_SHAPES[name]
+        ids = torch.randint(0, vocab, (batch_size, length), generator=g)
+        return {"input_ids": ids, "labels": ids.clone()}
+    if name in SEQUENCE_CLASSIFIERS:
+        vocab, length, labels = SEQUENCE_CLASSIFIERS[name]
+        ids = torch.randint(4, vocab, (batch_size, length), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "labels": torch.randint(0, labels, (batch_size,), generator=g)}
+    if name == "vit":
+        return {"pixel_values": torch.rand(batch_size, 3, 32, 32, generator=g),
+                "labels": torch.randint(0, 10, (batch_size,), generator=g)}
+    raise ValueError(f"{name} trains on MNIST; it has no synthetic batch")
 
 
 def accuracy(eval_pred) -> dict[str, float]:
@@ -166,12 +218,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name in bench.models:
         set_seed(bench.seed)
         model = MODELS[name]()
-        is_lm = name in LM_SHAPES
-        batch = lm_batch(name, bench.batch_size, bench.seed) if is_lm else data["train"][: bench.batch_size]
+        is_lm = name not in MNIST_MODELS
+        batch = synthetic_batch(name, bench.batch_size, bench.seed) if is_lm else data["train"][: bench.batch_size]
         step = time_steps(make_trainers(bench, model, data, out / name / "timing"), batch, bench)
         row = {"ep_step_ms": 1e3 * step["ep"], "backprop_step_ms": 1e3 * step["backprop"]}
         row["ratio"] = step["ep"] / step["backprop"]
-        if is_lm:  # accuracy budget: examples/train_char_lm.py (bits/char), examples/finetune_minilm.py (docs/transformers.md)
+        if is_lm:  # accuracy budgets: examples/train_char_lm.py, examples/finetune_minilm.py; gradients: defaults.py
             row["ep_test_accuracy"] = row["backprop_test_accuracy"] = float("nan")
         else:
             for method, trainer in make_trainers(bench, model, data, out / name / "budget").items():

@@ -443,9 +443,33 @@ def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
 
 
 def _scaled(sweep: tuple[list[Tensor], list[InnerErrors | None]], factor: float):
-    """A sweep's errors (and inner errors) times ``factor``: the first sweep is linear in β."""
+    """A sweep's errors (and inner errors) times ``factor``, as new tensors: the first sweep is linear in β."""
     errors, inner = sweep
     return [e * factor for e in errors], [None if block is None else block * factor for block in inner]
+
+
+def _scale_(sweep: tuple[list[Tensor], list[InnerErrors | None]], factor: float):
+    """The same in place, so that resolving a :class:`ScaleFreeBeta` costs no second copy of the errors. Autograd
+    may hand one gradient tensor to several errors (both sides of a residual sum): each memory region is scaled
+    once; tensors that are other views of a storage already in the list are scaled out of place instead."""
+    errors, inner = sweep
+    regions: dict[tuple, Tensor] = {}
+    storages: dict[int, tuple] = {}
+
+    def scale(t: Tensor) -> Tensor:
+        region = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if region in regions:
+            return regions[region]
+        if storages.setdefault(region[0], region) != region:
+            return t * factor
+        regions[region] = t.mul_(factor)
+        return t
+
+    errors = [scale(e) for e in errors]
+    for block in inner:
+        if block is not None:
+            block.errors = [None if e is None else scale(e) for e in block.errors]
+    return errors, inner
 
 
 def nudged_phases(stack: BlockStack, free: Linearization, beta: float | ScaleFreeBeta, nudging: str,
@@ -464,12 +488,9 @@ def nudged_phases(stack: BlockStack, free: Linearization, beta: float | ScaleFre
     betas = nudging_betas(beta, nudging)
     if config.mode != "sweep":
         return [settle(stack, free, b, config) for b in betas]
-    if unit is None:
-        first = _sweep(free, betas[0], release=True)
-        starts = [first] + [_scaled(first, b / betas[0]) for b in betas[1:]]
-    else:
-        starts = [_scaled(unit, b) for b in betas]
-        del unit
+    first = _sweep(free, betas[0], release=True) if unit is None else _scale_(unit, betas[0])
+    del unit
+    starts = [first] + [_scaled(first, b / betas[0]) for b in betas[1:]]
     return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
 
 
