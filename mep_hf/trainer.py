@@ -121,9 +121,13 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`). On an audited
         step (:mod:`mep_hf.audit`) a backprop step of the same loss follows, and only EP's gradient is kept."""
-        if self._energy.has_backprop_reference and self._audit.due(self.state.global_step):
-            return self._audited_step(model, inputs, num_items_in_batch)
-        return self._step(model, inputs, num_items_in_batch, "ep")
+        if not (self._energy.has_backprop_reference and self._audit.due(self.state.global_step)):
+            return self._step(model, inputs, num_items_in_batch, "ep")
+        loss, cosine, rel_error = self.audit_step(model, inputs, num_items_in_batch)
+        self._ep_metrics["ep_audit_cosine"].append(cosine)
+        self._ep_metrics["ep_audit_rel_error"].append(rel_error)
+        self._audit.judge(cosine, rel_error, self.state.global_step + 1)
+        return loss
 
     def _step(self, model: nn.Module, inputs: dict, num_items_in_batch, kind: str) -> torch.Tensor:
         self._step_kind = kind
@@ -132,10 +136,13 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         finally:
             self._step_kind = None
 
-    def _audited_step(self, model: nn.Module, inputs: dict, num_items_in_batch) -> torch.Tensor:
-        """The EP step, then Trainer's backprop step on the same batch (same scaling, all-reduce and dropout masks,
-        the random state left as the EP step left it); the two micro-batch gradients are compared and EP's is added
-        to what the accumulation window already holds."""
+    def audit_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, float, float]:
+        """A training step that also checks itself: the EP step, then Trainer's backprop step on the same batch
+        (same scaling, all-reduce and dropout masks, the random state left as the EP step left it). Only EP's
+        gradient is kept, added to what the accumulation window holds. Returns the step's loss and the cosine and
+        relative error of EP's micro-batch gradient against backprop's (:func:`mep_hf.audit.agreement`)."""
+        if not self._energy.has_backprop_reference:
+            raise ValueError(f"the {self._energy.name!r} energy has no backprop reference to audit against")
         params = [p for p in model.parameters() if p.requires_grad]
         held = [p.grad for p in params]
         for p in params:
@@ -152,11 +159,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         for p, h, g in zip(params, held, ep):
             p.grad = g if h is None else h if g is None else h.add_(g)
         cosine, rel_error = agreement(ep, reference)
-        del reference
-        self._ep_metrics["ep_audit_cosine"].append(cosine)
-        self._ep_metrics["ep_audit_rel_error"].append(rel_error)
-        self._audit.judge(cosine, rel_error, self.state.global_step + 1)
-        return loss
+        return loss, cosine, rel_error
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         """Inside a training step: the loss Trainer would compute, with EP's gradient. Elsewhere (evaluation,
