@@ -2,6 +2,7 @@
 
     python benchmarks/defaults.py                              # every model; docs/defaults.json and tables
     python benchmarks/defaults.py --models llama bert --frontier   # and the settings frontier of each model
+    python benchmarks/defaults.py --models llama bert --displacements 1e-2 1e-3 1e-4   # float64 bias per displacement
 
 Per model (``step_time.MODELS``: the EP MLP and conv net on MNIST, the char transformer, stock Llama, Qwen2,
 GPT-2, BERT, RoBERTa and ViT of a few million parameters on random batches):
@@ -47,13 +48,17 @@ FRONTIER = list(itertools.product(("positive", "centered"), (None, 1e-3, 1e-2, 1
 @dataclass
 class Arguments:
     models: list[str] = field(default_factory=lambda: list(MODELS), metadata={"help": "Models to measure."})
-    batch_size: int = field(default=8, metadata={"help": "Batch (sequences for the language models)."})
+    batch_size: int = field(default=8, metadata={"help": "Batch of the stock models (sequences of 128 tokens)."})
+    char_batch_size: int = field(default=32, metadata={"help": "Batch of the char transformer (its example's)."})
     mnist_batch_size: int = 128
     repeats: int = field(default=15, metadata={"help": "Timed steps per method (median reported)."})
     warmup: int = 3
     train_steps: int = field(default=200, metadata={"help": "Training steps at the defaults before the second check."})
     learning_rate: float = 1e-3
     frontier: bool = field(default=False, metadata={"help": "Also measure the settings frontier of each model."})
+    displacements: list[float] = field(default_factory=list, metadata={
+        "help": "Only measure the float64 gradient at init at these ep_nudge_displacement values (and at the "
+                "previous defaults, a fixed β=1e-3), positive nudging, one sweep; nothing else."})
     threads: int | None = field(default=1, metadata={"help": "torch intra-op threads."})
     output_dir: str = "docs"
     seed: int = 0
@@ -83,10 +88,10 @@ def audited(trainer: EPTrainer, batch: dict) -> tuple[float, float]:
     return cosine, rel
 
 
-def float64(model: torch.nn.Module, batch: dict, bench: Arguments) -> tuple[float, float]:
-    """The same check on a float64 copy of the model and batch."""
+def float64(model: torch.nn.Module, batch: dict, bench: Arguments, **ep) -> tuple[float, float]:
+    """The same check on a float64 copy of the model and batch (``ep``: EP settings other than the defaults)."""
     batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
-    return audited(ep_trainer(copy.deepcopy(model).double(), bench), batch)
+    return audited(ep_trainer(copy.deepcopy(model).double(), bench, **ep), batch)
 
 
 def step(trainer, batch) -> None:
@@ -122,7 +127,13 @@ def training_rows(name: str, bench: Arguments, mnist) -> tuple[list[dict], dict]
         return rows, mnist["train"][: bench.mnist_batch_size]
     pool = synthetic_batch(name, 64, bench.seed)
     rows = [{k: v[i] for k, v in pool.items()} for i in range(64)]
-    return rows, synthetic_batch(name, bench.batch_size, bench.seed + 1)
+    return rows, synthetic_batch(name, batch_size(name, bench), bench.seed + 1)
+
+
+def batch_size(name: str, bench: Arguments) -> int:
+    if name in MNIST_MODELS:
+        return bench.mnist_batch_size
+    return bench.char_batch_size if name == "char_transformer" else bench.batch_size
 
 
 def measure(name: str, bench: Arguments, mnist) -> dict:
@@ -142,9 +153,8 @@ def measure(name: str, bench: Arguments, mnist) -> dict:
     # Below 1 MiB, backprop's peak is its gradients (its activations are freed before they all exist): no ratio.
     row["activation_mib"] = act
     row["activation_ratio"] = act["ep"] / act["backprop"] if act["backprop"] >= 1 else None
-    batch_size = bench.mnist_batch_size if name in MNIST_MODELS else bench.batch_size
     trained = EPTrainer(model=copy.deepcopy(model), train_dataset=rows, args=EPTrainingArguments(
-        **{**common(bench), "max_steps": bench.train_steps, "per_device_train_batch_size": batch_size}))
+        **{**common(bench), "max_steps": bench.train_steps, "per_device_train_batch_size": batch_size(name, bench)}))
     trained.train()
     ready(trained)
     row["trained_float32"] = audited(trained, batch)
@@ -185,6 +195,20 @@ def memory(r: dict) -> str:
     return f"{r['activation_ratio']:.2f}"
 
 
+def displacement_rows(name: str, bench: Arguments, mnist) -> dict:
+    """Relative error of EP's float64 gradient against backprop's at each displacement, and two fixed settings."""
+    set_seed(bench.seed)
+    model = MODELS[name]()
+    _, batch = training_rows(name, bench, mnist)
+    settings = {f"displacement {d:g}": dict(ep_nudge_displacement=d) for d in bench.displacements}
+    settings["fixed β=1e-3"] = dict(ep_beta=1e-3)
+    settings["previous defaults (centered β=0.1, 2 sweeps)"] = dict(ep_beta=0.1, ep_nudging="centered",
+                                                                    ep_settle_steps=2)
+    row = {label: float64(model, batch, bench, ep_audit_steps=0, **ep) for label, ep in settings.items()}
+    print(json.dumps({name: row}), flush=True)
+    return row
+
+
 def tables(results: dict, frontiers: dict) -> str:
     lines = ["| model | parameters | cosine / rel. error at init (f32; f64) | after training (f32; f64) | "
              "step time / backprop | activation memory / backprop | audit cost at N=100 |", "|---|---|---|---|---|---|---|"]
@@ -211,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     if bench.threads:
         torch.set_num_threads(bench.threads)
     mnist = load_mnist() if set(bench.models) & set(MNIST_MODELS) else None
+    if bench.displacements:
+        return {name: displacement_rows(name, bench, mnist) for name in bench.models}
     results, frontiers = {}, {}
     for name in bench.models:
         results[name] = measure(name, bench, mnist)

@@ -41,7 +41,7 @@ class MemoryArguments:
     width: int = 256
     batch_size: int = 128
     output_dir: str = "runs/memory"
-    ep_nudging: str = "positive"
+    ep_nudging: str | None = None  # None: the library's defaults
     ep_settle_steps: int = 1
     repeats: int = field(default=5, metadata={"help": "Measured steps for the RSS peak; the smallest is reported."})
     measure: str | None = field(default=None, metadata={"help": "Internal: 'ep:DEPTH' or 'backprop:DEPTH'."})
@@ -80,7 +80,7 @@ def measure(args: MemoryArguments, method: str, depth: int) -> dict[str, float]:
     batch = {"pixel_values": torch.rand(args.batch_size, 784), "labels": torch.randint(0, 10, (args.batch_size,))}
     common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=True)
     if method == "ep":
-        ep = dict(ep_beta=0.01, ep_nudging=args.ep_nudging, ep_settle_steps=args.ep_settle_steps)
+        ep = dict(ep_nudging=args.ep_nudging, ep_settle_steps=args.ep_settle_steps, ep_audit_steps=0)
         trainer = EPTrainer(model=model, args=EPTrainingArguments(**common, **ep))
     else:
         trainer = Trainer(model=model, args=TrainingArguments(**common))
@@ -108,7 +108,7 @@ def plot(results: dict, path: Path, args: MemoryArguments) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, label in (("backprop", "backprop"), ("ep", f"EP ({args.ep_nudging}, {args.ep_settle_steps} sweep)")):
+    for method, label in (("backprop", "backprop"), ("ep", f"EP ({args.ep_nudging or 'default'} nudging, {args.ep_settle_steps} sweep)")):
         ax.plot(args.depths, [results[str(d)][method]["tensors"] for d in args.depths], marker="o", label=label)
     ax.set(xscale="log", yscale="log", xlabel="depth (hidden blocks)", ylabel="peak step tensor memory (MiB)")
     ax.set_title(f"MLP width {args.width}, batch {args.batch_size}")

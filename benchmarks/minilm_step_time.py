@@ -52,7 +52,7 @@ def main(argv=None) -> dict[str, float]:
             model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.0,
                                                      target_modules=["query", "value"]))
         ep = EPTrainer(model=copy.deepcopy(model), args=EPTrainingArguments(
-            output_dir="runs/minilm_step_time/ep", ep_beta=0.01, ep_nudging="positive", ep_settle_steps=1, **common))
+            output_dir="runs/minilm_step_time/ep", **common))  # the library's defaults
         bp = Trainer(model=copy.deepcopy(model), args=TrainingArguments(output_dir="runs/minilm_step_time/bp", **common))
         trainers = {"backprop": bp, "ep": ep} if args.order == "bp_first" else {"ep": ep, "backprop": bp}
         step = time_steps(trainers, batch, bench)

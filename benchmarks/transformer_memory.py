@@ -6,8 +6,9 @@ checkpointing, on transformer stacks: same model, same batch, one process per st
     python benchmarks/transformer_memory.py --use_cpu false --output_dir docs/gpu   # on a CUDA GPU
 
 Methods: ``backprop`` (``Trainer``), ``backprop_checkpointed`` (``Trainer`` with ``gradient_checkpointing=True``),
-``ep_fast`` and ``ep_low`` (``EPTrainer`` with ``ep_memory="fast"`` / ``"low"``), positive nudging (``--nudging``),
-one sweep.
+``ep_fast`` and ``ep_low`` (``EPTrainer`` with ``ep_memory="fast"`` / ``"low"``), otherwise at the library's defaults
+(scale-free β, one sweep, positive nudging unless ``--nudging`` says otherwise; the audit off, its cost is
+``benchmarks/defaults.py``'s).
 Activation memory is the peak of live tensor bytes during one ``training_step`` (torch's allocation records,
 ``torch.profiler`` with ``profile_memory=True``) minus the gradients' bytes: what the step holds beyond the model
 and its gradients. Step time is the median of ``--repeats`` ``training_step`` calls, the methods interleaved.
@@ -81,7 +82,7 @@ class Arguments:
     repeats: int = field(default=5, metadata={"help": "Timed steps per method (median reported)."})
     warmup: int = 1
     threads: int = field(default=2, metadata={"help": "torch intra-op threads."})
-    nudging: str = field(default="positive", metadata={"help": "EP's ep_nudging (positive: one nudged phase)."})
+    nudging: str | None = field(default=None, metadata={"help": "EP's ep_nudging (default: the library's)."})
     use_cpu: bool = field(default=True, metadata={"help": "False: on the CUDA device, activation memory from "
                                                   "torch.cuda's peak counters, step times synchronized."})
     output_dir: str = "docs"
@@ -117,13 +118,13 @@ def llama():
 STACKS: dict[str, Callable] = {"char_transformer": char_transformer, "gpt2_small_blocks": gpt2_small_blocks, "llama": llama}
 
 
-def make_trainer(method: str, state: dict, build: Callable, use_cpu: bool = True, nudging: str = "positive"):
+def make_trainer(method: str, state: dict, build: Callable, use_cpu: bool = True, nudging: str | None = None):
     model = build()[0]
     model.load_state_dict(state)
     common = dict(output_dir=SCRATCH.name, report_to="none", use_cpu=use_cpu,
                   learning_rate=1e-4, lr_scheduler_type="constant")
     if method.startswith("ep"):
-        args = EPTrainingArguments(**common, ep_beta=0.01, ep_nudging=nudging, ep_settle_steps=1,
+        args = EPTrainingArguments(**common, ep_nudging=nudging, ep_audit_steps=0,
                                    ep_memory=method.split("_")[1])
         trainer = EPTrainer(model=model, args=args)
     else:

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .energies import ENERGIES
@@ -118,6 +119,8 @@ class EPTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False  # pinned memory serves copies to an accelerator; torch warns without one
         if self.ep_beta is not None and (isinstance(self.ep_beta, bool) or not (
             isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0
         )):

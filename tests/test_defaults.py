@@ -178,3 +178,11 @@ def test_audit_replays_the_steps_dropout_masks(tmp_path):
 def test_bad_default_knobs_are_refused(flag, value, tmp_path):
     with pytest.raises(ValueError, match=flag):
         EPTrainingArguments(output_dir=str(tmp_path), **{flag: value})
+
+
+def test_no_pinned_memory_without_an_accelerator(tmp_path, recwarn):
+    """Pinned memory only serves copies to an accelerator: on a CPU run it is off, and torch's warning is gone."""
+    trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, max_steps=1), train_dataset=toy_images())
+    assert trainer.args.dataloader_pin_memory is False
+    trainer.train()
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]
