@@ -33,6 +33,11 @@ Two settling rules share the energy:
   in β. The forward pass that places the states after the last sweep is the contrast's own forward pass.
 * ``"gradient"``: classic synchronous gradient descent ``s ← s − lr·B·∂F/∂s`` on all layers at once.
 
+β itself is best not fixed: EP's bias is set by how far the nudge moves each state relative to the state's own
+size, which the same β makes tiny on one model and large on another. :class:`ScaleFreeBeta` (the default) picks β
+each step from the first sweep, so that the largest relative displacement is a fixed small number
+(``docs/defaults.md``).
+
 This is the layered energy family. What every family shares lives here too: the nudging modes (:func:`nudging_betas`),
 the divergence rule (:func:`energy_diverged`), :class:`SettleConfig` and :class:`SettlingDivergedError`. The
 Hopfield family (classic EP, a free phase that settles) is :mod:`mep_hf.energies.hopfield`; :mod:`mep_hf.energies`
