@@ -5,6 +5,7 @@
     mep-hf-zoo pull <user-or-org>/mnist_mlp [dir]                  # snapshot_download
     mep-hf-zoo verify model_zoo/mnist_mlp                          # card accuracy == pipeline() without mep_hf
     mep-hf-zoo index model_zoo [--check]                           # model_zoo/README.md table from the cards
+    mep-hf-zoo regenerate [model_zoo/mnist_mlp ...] [--check]      # the folders' remote code from mep_hf
     mep-hf-zoo plan model_zoo/cifar10_convnet --dataset cifar10 --model ... --command ... --reason ...
 
 The Hub endpoint is huggingface_hub's (``HF_ENDPOINT``, default https://huggingface.co).
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("zoo_root", nargs="?", default="model_zoo")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when the index is out of date")
 
+    p = sub.add_parser("regenerate", help="rewrite packaged folders' remote code from mep_hf (weights untouched)")
+    p.add_argument("zoo_dirs", nargs="*", help="packaged folders (default: every one under model_zoo/)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a folder's code is out of date")
+
     p = sub.add_parser("plan", help="write the card of a zoo checkpoint that is not trained yet")
     p.add_argument("zoo_dir")
     p.add_argument("--dataset", required=True)
@@ -92,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if current else 1
         zoo.write_index(args.zoo_root)
         print(f"wrote {args.zoo_root}/README.md")
+    elif args.action == "regenerate":
+        folders = args.zoo_dirs or zoo.packaged_folders()
+        stale = {str(folder): zoo.regenerate(folder, check=args.check) for folder in folders}
+        for folder, files in stale.items():
+            state = "up to date" if not files else ("OUT OF DATE: " if args.check else "rewrote ") + ", ".join(files)
+            print(f"{folder}: {state}")
+        if args.check and any(stale.values()):
+            return 1
     elif args.action == "plan":
         out = zoo.plan(args.zoo_dir, dataset=args.dataset, model=args.model, command=args.command,
                        reason=args.reason, overwrite=args.overwrite)

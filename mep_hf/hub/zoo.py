@@ -166,7 +166,7 @@ def package(
 
     baseline_run = Run.read(baseline) if baseline is not None else None
     curve = CURVE_FILE if _plot_curve(run, task, zoo_dir / CURVE_FILE, baseline_run) else None
-    card = _card(run, zoo_dir.name, repo_id, task, spec, dataset, model, curve, baseline_run)
+    card = _card(run, zoo_dir.name, repo_id, task, spec, dataset, model, curve, baseline_run, tokenizer)
     card.save(zoo_dir / "README.md")
     return zoo_dir
 
@@ -231,6 +231,53 @@ def _check_same_outputs(model, flat_model, processor) -> None:
         raise ZooError(f"the flat remote code computes different logits (max diff {(ours - theirs).abs().max():.3g})")
 
 
+# --------------------------------------------------------------------------- remote code
+def remote_code_classes(zoo_dir: str | Path) -> list[type]:
+    """The mep_hf classes a packaged folder's remote code is generated from, read from the ``auto_map`` of its
+    ``config.json`` and ``preprocessor_config.json``, in ``package``'s order: config, model, image processor."""
+    from .. import models
+
+    zoo_dir = Path(zoo_dir)
+    entries = []
+    for file in ("config.json", "preprocessor_config.json"):
+        if (zoo_dir / file).is_file():
+            entries += json.loads((zoo_dir / file).read_text(encoding="utf-8")).get("auto_map", {}).values()
+    if not entries:
+        raise ZooError(f"{zoo_dir}: no auto_map in config.json: not a packaged zoo folder")
+    classes = []
+    for entry in entries:
+        stem, _, name = entry.rpartition(".")
+        cls = getattr(models, name, None)
+        if cls is None or cls.__module__.rpartition(".")[2] != stem:
+            raise ZooError(f"{zoo_dir}: auto_map names {entry}, which is no class of mep_hf.models")
+        classes.append(cls)
+    return sorted(dict.fromkeys(classes), key=lambda c: not c.__name__.endswith("Config"))
+
+
+def regenerate(zoo_dir: str | Path, check: bool = False, version: str | None = None) -> list[str]:
+    """Rewrite the flat remote code of a packaged folder from the installed mep_hf (weights, configs and card
+    untouched). Returns the files that were out of date (with ``check``: left as they are)."""
+    from .remote_code import flatten_sources
+
+    zoo_dir = Path(zoo_dir)
+    sources = flatten_sources(remote_code_classes(zoo_dir), version)
+    stale = sorted(name for name, text in sources.items()
+                   if not (zoo_dir / name).is_file() or (zoo_dir / name).read_text(encoding="utf-8") != text)
+    stale += sorted(p.name for p in zoo_dir.glob("*.py") if p.name not in sources)  # left over from another model
+    if not check:
+        for name in stale:
+            if name in sources:
+                (zoo_dir / name).write_text(sources[name], encoding="utf-8")
+            else:
+                (zoo_dir / name).unlink()
+    return stale
+
+
+def packaged_folders(zoo_root: str | Path = "model_zoo") -> list[Path]:
+    """The folders of ``zoo_root`` that hold a packaged model (a ``config.json``), by name."""
+    return sorted(p.parent for p in Path(zoo_root).glob("*/config.json"))
+
+
 # --------------------------------------------------------------------------- card
 def _machine(machine: Any) -> str:
     """``run_info.json``'s machine (a dict from ``write_run_info``, or a string) in words."""
@@ -285,7 +332,30 @@ def _describe_model(model, config) -> str:
     return f"`{type(model).__name__}` (mep-hf): {shape}. {model.num_parameters():,} parameters, float32 safetensors."
 
 
-def _card(run, name, repo_id, task, spec, dataset, model, curve, baseline_run) -> ModelCard:
+PROMPT = "ROMEO.\n"  # the text-generation example's prompt
+
+
+def card_usage(task: str, repo_id: str, config, tokenizer=None) -> str:
+    """The card's example: ``pipeline`` on ``repo_id`` with the remote code, printing what it returns. A text
+    model generates no more tokens than its context holds after the prompt (``max_position_embeddings``)."""
+    head = "from transformers import pipeline\n\n"
+    if task == "image-classification":
+        return head + (
+            f'classify = pipeline("image-classification", model="{repo_id}", trust_remote_code=True)\n'
+            'print(classify("image.png"))  # a path, URL or PIL image: the top labels with their scores\n'
+            "# a list of images: classify(images, batch_size=64) runs them in batches, far faster than one by one"
+        )
+    context = config.max_position_embeddings
+    prompt = len(tokenizer(PROMPT)["input_ids"]) if tokenizer is not None else len(PROMPT)
+    return head + (
+        f'generate = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)\n'
+        f"# {context - prompt} new tokens after the {prompt}-token prompt fill the model's context ({context} tokens)\n"
+        f'print(generate({json.dumps(PROMPT)}, max_new_tokens={context - prompt}, do_sample=True, top_k=20)'
+        '[0]["generated_text"])'
+    )
+
+
+def _card(run, name, repo_id, task, spec, dataset, model, curve, baseline_run, tokenizer=None) -> ModelCard:
     from .. import __version__
 
     info, config = run.run_info, model.config
@@ -305,18 +375,7 @@ def _card(run, name, repo_id, task, spec, dataset, model, curve, baseline_run) -
         mep_hf={"command": info["command"], "train_seconds": info["train_seconds"], "date": info["date"],
                 "dataset": dataset, "repo_id": repo_id, "status": "trained"},
     )
-    if task.task == "image-classification":
-        usage = (
-            "from transformers import pipeline\n\n"
-            f'classify = pipeline("image-classification", model="{repo_id}", trust_remote_code=True)\n'
-            'classify("image.png")  # a path, URL or PIL image; returns the top labels with scores'
-        )
-    else:
-        usage = (
-            "from transformers import pipeline\n\n"
-            f'generate = pipeline("text-generation", model="{repo_id}", trust_remote_code=True)\n'
-            'generate("ROMEO.\\n", max_new_tokens=200, do_sample=True, top_k=20)'
-        )
+    usage = card_usage(task.task, repo_id, config, tokenizer)
     usage_note = (
         "`trust_remote_code=True` runs the self-contained model code shipped in this repo (generated from mep-hf by "
         "`mep-hf-zoo package`; it imports no mep_hf module). With mep-hf installed, `import mep_hf` registers the "
