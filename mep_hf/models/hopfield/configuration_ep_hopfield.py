@@ -11,6 +11,15 @@ from ...kernels.linear_maps import POOLS
 from ...modeling_utils import TASK_LOSSES
 
 
+def _states_are_scores(config) -> None:
+    """An MSE model's outputs are its output states, in [0, 1] and trained towards the one-hot target: they are the
+    scores themselves. ``problem_type="regression"`` tells ``pipeline("image-classification")`` to report them as
+    they are, where its default softmax over values in [0, 1] would cap any score at e/(e + num_labels − 1) (0.23
+    for 10 classes, however sure the model is). Cross-entropy models read out logits: softmax stays."""
+    if config.loss == "mse" and config.problem_type is None:
+        config.problem_type = "regression"
+
+
 def _check_dynamics(config) -> None:
     for name in ("free_steps", "nudged_steps"):
         value = getattr(config, name)
@@ -39,6 +48,9 @@ class EPHopfieldMLPConfig(PreTrainedConfig):
         nudged_steps: T_nudged, settling steps of each nudged phase in training (``ep_nudged_steps`` overrides).
         settle_tol: stop settling once the relative residual ``‖s_{t+1} − s_t‖/‖s_{t+1}‖`` is below it (0 = off).
         initializer_gain: weights and biases start uniform in ``±gain/√fan_in`` (PyTorch's default at 1).
+
+    With ``loss="mse"``, ``problem_type`` defaults to ``"regression"``: ``pipeline`` then reports the output states
+    (in [0, 1]) as the scores, not a softmax of them.
     """
 
     model_type = "ep_hopfield_mlp"
@@ -51,6 +63,10 @@ class EPHopfieldMLPConfig(PreTrainedConfig):
     nudged_steps: int = 10
     settle_tol: float = 0.0
     initializer_gain: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _states_are_scores(self)
 
     def describe_architecture(self) -> str:
         """One line for model cards (``mep-hf-zoo package``)."""
@@ -97,6 +113,10 @@ class EPHopfieldConvNetConfig(PreTrainedConfig):
     nudged_steps: int = 12
     settle_tol: float = 0.0
     initializer_gain: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        _states_are_scores(self)
 
     def conv_sides(self) -> list[int]:
         """Side of each conv state layer: ``(side + 2·padding − kernel + 1) // pool_size``."""
