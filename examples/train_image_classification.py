@@ -10,7 +10,9 @@ Every ``TrainingArguments`` and ``EPTrainingArguments`` flag works (``--help`` l
 ``--output_dir``, as the Hugging Face examples do: the final model (``save_model``), ``trainer_state.json`` (the
 ``log_history``: loss every ``logging_steps``, validation accuracy every epoch), ``train_results.json``,
 ``eval_results.json`` (validation), ``test_results.json`` (the test split, ``test_accuracy``),
-``all_results.json`` (all three), and ``run_info.json`` (command, training wall time, machine, versions, date).
+``all_results.json`` (all three), ``run_info.json`` (command, training wall time, machine, versions, date),
+``training_curve.png``, the TensorBoard events (``runs/``) and ``preprocessor_config.json``: the folder goes into
+``pipeline("image-classification", model=output_dir)`` after ``import mep_hf``.
 Re-running the same command with ``--save_strategy epoch`` resumes from the last checkpoint in ``--output_dir``.
 """
 
@@ -39,6 +41,7 @@ from mep_hf import (
 )
 from mep_hf.data import load_cifar10, load_fashion_mnist, load_mnist
 from mep_hf.hub import plot_training_curve
+from mep_hf.models.image_processing_ep import default_image_processor
 from run_utils import write_run_info
 
 DATASETS = {"mnist": load_mnist, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}
@@ -167,11 +170,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.augment_shift or data_args.augment_hflip:
         train_dataset = RandomShiftFlip(train_dataset, data_args.augment_shift, data_args.augment_hflip, shape)
 
+    # The image processor that gives the model its pixels as the dataset holds them (uint8 / 255, or / 256 for the
+    # bundled MNIST): saved with the model, so --output_dir goes into pipeline("image-classification") as it is.
+    processor = default_image_processor(model, data["train"])
     trainer = EPTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=data["validation"],
+        processing_class=processor,
         compute_metrics=accuracy,
     )
     # Like the Hugging Face examples: a run cut off after a saved checkpoint resumes when its command is re-run.

@@ -87,6 +87,12 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty (0 examples): there is nothing to train on")
+        if model is not None and kwargs.get("processing_class") is None:
+            # Like Trainer given a processing_class: what is saved goes into pipeline() (preprocessor_config.json).
+            from .models.image_processing_ep import default_image_processor
+
+            data = train_dataset if train_dataset is not None else kwargs.get("eval_dataset")
+            kwargs["processing_class"] = default_image_processor(model, data)
         super().__init__(model=model, args=args, **kwargs)
         _check_label_columns(train_dataset, self.label_names)
         # The energy family the model declares (mep_hf.energies); an explicit args.ep_energy must agree.

@@ -59,3 +59,59 @@ class EPImageProcessor(PilBackend):
         if size.height and size.width and image.shape[-2:] == (size.height, size.width):
             return image
         return super().resize(image, size, *args, **kwargs)
+
+
+# The pixel conventions of the EP datasets (module docstring): float32 ``uint8 · factor``.
+RESCALE_FACTORS = (1 / 255, 1 / 256)
+
+
+def pixel_rescale_factor(pixel_values) -> float | None:
+    """The factor of :data:`RESCALE_FACTORS` for which every value is what this processor makes of a uint8 pixel
+    (float32 ``uint8 · factor``, as transformers' rescale computes it), or None: no such factor, or no pixel tells
+    (all zero)."""
+    try:
+        x = np.asarray(pixel_values, dtype=np.float32)
+    except (TypeError, ValueError):  # ragged rows, strings...
+        return None
+    if x.size == 0 or not np.isfinite(x).all() or not x.any():
+        return None
+    for factor in RESCALE_FACTORS:
+        k = np.rint(x.astype(np.float64) / factor)
+        if k.min() >= 0 and k.max() <= 255 and np.array_equal((k * factor).astype(np.float32), x):
+            return factor
+    return None
+
+
+def image_shape(config) -> tuple[int, int] | None:
+    """``(num_channels, side)`` of an EP image model's square inputs: from ``num_channels`` and ``image_size``, or
+    from a flat ``input_size`` of ``side²`` (grayscale) or ``3·side²`` (RGB) values; None when neither fits."""
+    if getattr(config, "image_size", None) and getattr(config, "num_channels", None):
+        return config.num_channels, config.image_size
+    size = getattr(config, "input_size", None)
+    for channels in IMAGE_MODES:
+        side = int(round((size / channels) ** 0.5)) if size else 0
+        if side and channels * side * side == size:
+            return channels, side
+    return None
+
+
+def default_image_processor(model, dataset, rows: int = 256) -> EPImageProcessor | None:
+    """The processor that turns images into an EP-native image model's inputs exactly as ``dataset`` holds them,
+    or None: not an EP-native image model, not a ``datasets.Dataset`` with ``pixel_values``, or no pixel
+    convention of :data:`RESCALE_FACTORS` fits its first ``rows`` rows (then pass ``processing_class`` yourself).
+
+    ``EPTrainer`` uses it when given no ``processing_class``, so that what it saves (``save_model``, checkpoints,
+    ``push_to_hub``) has a ``preprocessor_config.json`` and goes into ``pipeline("image-classification")``."""
+    import datasets
+
+    native = type(model).__module__.startswith("mep_hf.models.")
+    if not native or getattr(model, "main_input_name", None) != "pixel_values":
+        return None
+    shape = image_shape(model.config)
+    if shape is None or not isinstance(dataset, datasets.Dataset) or "pixel_values" not in dataset.column_names:
+        return None
+    factor = pixel_rescale_factor(dataset.with_format("numpy")[: min(rows, len(dataset))]["pixel_values"])
+    if factor is None:
+        return None
+    channels, side = shape
+    return EPImageProcessor(rescale_factor=factor, size={"height": side, "width": side}, num_channels=channels)
