@@ -27,10 +27,17 @@ def uint8_images(n: int, divisor: int, seed: int = 0) -> tuple[np.ndarray, Datas
     return u8, Dataset.from_dict({"pixel_values": pixels, "labels": labels}).with_format("torch")
 
 
+def no_prompt(*_):
+    """transformers asks on stdin before it runs remote code; here nothing may ask (mep_hf's classes serve)."""
+    pytest.fail("pipeline() asked whether to run remote code although `import mep_hf` registered the classes")
+
+
 @pytest.mark.parametrize("divisor", [255, 256])
-def test_saved_run_goes_into_pipeline(tmp_path, divisor):
+def test_saved_run_goes_into_pipeline(tmp_path, divisor, monkeypatch):
     import mep_hf  # noqa: F401  (registers the EP classes, the image processor included)
     from transformers import pipeline
+
+    monkeypatch.setattr("builtins.input", no_prompt)
 
     u8, data = uint8_images(64, divisor)
     out = tmp_path / "out"
@@ -80,3 +87,17 @@ def test_default_processor_follows_the_model_shape():
     processor = default_image_processor(toy_model(), data)  # MLP: 64 inputs = one 8x8 channel
     assert (processor.num_channels, processor.size["height"]) == (1, 8)
     assert default_image_processor(toy_model(input_size=50), data) is None  # no square image has 50 pixels
+
+
+def test_zoo_folder_loads_without_a_prompt(monkeypatch):
+    """A folder with remote code (auto_map) loads with mep_hf's classes once mep_hf is imported: pipeline() asks
+    nothing (it probed for an "EPVideoProcessor" derived from the image processor's auto_map, and asked)."""
+    from pathlib import Path
+
+    import mep_hf  # noqa: F401
+    from transformers import pipeline
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    classify = pipeline("image-classification", model=str(Path(__file__).parents[1] / "model_zoo" / "mnist_mlp"))
+    assert type(classify.model).__module__.startswith("mep_hf.models.")
+    assert type(classify.image_processor) is EPImageProcessor

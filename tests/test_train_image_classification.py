@@ -7,6 +7,7 @@ import pytest
 
 from mep_hf.data import FASHION_MNIST_INSTALL_HINT
 from mep_hf.data import fashion_mnist as fm
+from test_readme import demo_outputs
 
 
 @pytest.fixture
@@ -28,6 +29,8 @@ def test_run_dir_outputs_and_resume(example, tmp_path, monkeypatch):
     for name in ("config.json", "model.safetensors", "trainer_state.json", "train_results.json",
                  "eval_results.json", "test_results.json", "all_results.json", "run_info.json"):
         assert (out / name).is_file(), name
+    missing = [name for name in demo_outputs() if not (out / name).exists()]
+    assert not missing, f"the README says the main job writes {missing}"
     assert (out / "training_curve.png").stat().st_size > 1000
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard events"
     test = json.loads((out / "test_results.json").read_text())
@@ -44,6 +47,9 @@ def test_run_dir_outputs_and_resume(example, tmp_path, monkeypatch):
     assert info["training_args"]["num_train_epochs"] == 2 and info["training_args"]["ep_beta"] is None  # the library's scale-free default
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"]["9"] == "Ankle boot" and config["activation"] == "gelu"
+    processor = json.loads((out / "preprocessor_config.json").read_text())  # pipeline-ready: Fashion-MNIST's pixels
+    assert (processor["rescale_factor"], processor["num_channels"], processor["size"]) == (
+        1 / 255, 1, {"height": 28, "width": 28})
 
     # The same command again, one more epoch: picks up the last checkpoint instead of starting over.
     argv[argv.index("--num_train_epochs") + 1] = "3"

@@ -7,6 +7,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoTokenizer,
 )
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the class itself, torchvision or not
 
 from .char_transformer import EPCharTokenizer, EPCharTransformerConfig, EPCharTransformerForCausalLM
 from .convnet import EPConvNetConfig, EPConvNetForImageClassification
@@ -39,6 +40,9 @@ AutoModelForCausalLM.register(EPCharTransformerConfig, EPCharTransformerForCausa
 AutoTokenizer.register(EPCharTransformerConfig, slow_tokenizer_class=EPCharTokenizer, exist_ok=True)
 for _config in (EPMLPConfig, EPResidualMLPConfig, EPConvNetConfig, EPHopfieldMLPConfig, EPHopfieldConvNetConfig):
     AutoImageProcessor.register(_config, image_processor_classes={"pil": EPImageProcessor}, exist_ok=True)
+    # No video processor, said out loud: pipeline() probes for one, and without this entry it derives
+    # "EPVideoProcessor" from the image processor's auto_map and asks whether to run remote code for it.
+    AutoVideoProcessor.register(_config, video_processor_classes={}, exist_ok=True)
 
 __all__ = [
     "EPConvNetConfig",
