@@ -291,7 +291,11 @@ def _refuse_unsupported_features(args: EPTrainingArguments) -> None:
     """Trainer features EP cannot honour end here, before any data work, with the reason."""
     for flag, why in UNSUPPORTED_FEATURES.items():
         if getattr(args, flag, False):
-            raise ValueError(f"EPTrainer cannot honour {flag}=True: {why}. Set {flag}=False.")
+            # transformers 5.24 renamed gradient_checkpointing (now a deprecated alias): the fix names the new flag
+            fix = "activation_checkpointing" if flag == "gradient_checkpointing" and hasattr(
+                args, "activation_checkpointing") else flag
+            also = f" ({fix})" if fix != flag else ""
+            raise ValueError(f"EPTrainer cannot honour {flag}=True{also}: {why}. Set {fix}=False.")
     optim = str(getattr(args.optim, "value", args.optim))
     if optim in UNSUPPORTED_OPTIMIZERS:
         raise ValueError(f"EPTrainer cannot use optim={optim!r}: {UNSUPPORTED_OPTIMIZERS[optim]}. Pick another optim.")
