@@ -74,9 +74,17 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
 
     Expects :class:`EPTrainingArguments` and a model with ``ep_stack(**inputs) -> BlockStack`` whose ``forward``
     accepts ``ep_contrast=`` (see :mod:`mep_hf.models`). Evaluation and prediction use the ordinary forward.
+
+    Another Trainer subclass gets EP by coming after it: ``class X(EPTrainer, OtherTrainer)`` nudges with
+    ``OtherTrainer.compute_loss`` (``mep_hf.trl.EPSFTTrainer`` is TRL's ``SFTTrainer`` so composed). The other order
+    would train by backprop, and is refused at ``__init__``.
     """
 
+    # What the parent trainers' ``compute_loss`` is given as the model while EP evaluates its loss at an output state.
+    _output_at = _OutputAt
+
     def __init__(self, model=None, args: EPTrainingArguments | None = None, **kwargs):
+        _refuse_shadowed_ep_step(type(self))  # another Trainer's step or loss ahead of EP's would train by backprop
         if args is None:
             args = EPTrainingArguments(output_dir="tmp_trainer")
         if not isinstance(args, EPTrainingArguments):
@@ -108,6 +116,11 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         self._loss_guard = LossGuard(self.args.ep_loss_guard_factor, self.args.ep_loss_guard_window)
         # Trainer's loop sets this per accumulation window; the default lets training_step run on its own too.
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
+
+    def call_model_init(self, trial=None):
+        """``model_init``'s model (at ``__init__``, and again in ``train()`` / ``hyperparameter_search``), adapted and
+        checked as ``model=`` is (:func:`~mep_hf.adapters.prepare_ep_model`): an unsupported model is refused."""
+        return prepare_ep_model(super().call_model_init(trial))
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, or a MEP preset when ``args.mep_optimizer`` names one."""
@@ -238,7 +251,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
                 f"{type(model).__name__}.ep_stack must set BlockStack.output (the model output at the output state) "
                 "so that EPTrainer can nudge with the loss Trainer computes"
             )
-        parent, at_state = super().compute_loss, _OutputAt(model, stack)
+        parent, at_state = super().compute_loss, self._output_at(model, stack)
 
         def loss(state: torch.Tensor) -> torch.Tensor:
             at_state.state = state
@@ -285,6 +298,36 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             logs.update({k: sum(v) / len(v) for k, v in self._ep_metrics.items()})
             self._ep_metrics.clear()
         super().log(logs, start_time)
+
+
+# Trainer methods that make a step EP's: a class ahead of EPTrainer in the MRO that defines one trains by backprop.
+EP_STEP_METHODS = ("compute_loss", "training_step")
+# Ready-made EP versions of Trainer subclasses, named in the refusal below.
+EP_READY = {"SFTTrainer": "mep_hf.trl.EPSFTTrainer"}
+
+
+def _refuse_shadowed_ep_step(cls: type) -> None:
+    """Refuse a class whose MRO puts another class's ``compute_loss`` / ``training_step`` ahead of EPTrainer's (e.g.
+    ``class X(SFTTrainer, EPTrainer)``): its steps would run that class's backprop, with no EP and no warning."""
+    for name in EP_STEP_METHODS:
+        owner = next(c for c in cls.__mro__ if name in vars(c))
+        if issubclass(owner, EPTrainer):
+            continue
+        order = [c.__name__ for c in cls.__mro__[: cls.__mro__.index(EPTrainer) + 1]]
+        fix = f"list EPTrainer (or your EPTrainer subclass) before {owner.__name__} in the class bases"
+        for c in cls.__mro__:  # the class whose bases are in the wrong order: the same bases, EP's first
+            bases = sorted(c.__bases__, key=lambda b: not issubclass(b, EPTrainer))
+            if bases != list(c.__bases__):
+                fix = f"class {c.__name__}({', '.join(b.__name__ for b in bases)})"
+                break
+        known = next((c.__name__ for c in owner.__mro__ if c.__name__ in EP_READY), None)
+        ready = f"; or use {EP_READY[known]}, that order made ready for {known}" if known else ""
+        under = "loss" if name == "compute_loss" else name
+        raise TypeError(
+            f"{cls.__name__} would train by backprop, not EP: its class order ({' -> '.join(order)}) runs "
+            f"{owner.__name__}.{name} ahead of EPTrainer's. Put EPTrainer first, so that EP's step runs under "
+            f"{owner.__name__}'s {under}: {fix}{ready}."
+        )
 
 
 def _refuse_unsupported_features(args: EPTrainingArguments) -> None:

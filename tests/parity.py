@@ -55,10 +55,13 @@ def mlp(seed: int = 0):
 MODELS = {"char_lm": char_lm, "gpt2": gpt2, "mlp": mlp}
 
 
-def train_update(method: str, model, dataset, out, trainer_kwargs=None, ep_trainer=EPTrainer, setup=None, **overrides):
-    """Train ``model`` by ``method`` ("ep": ``ep_trainer``, or "backprop": ``Trainer``) with plain SGD and no
-    clipping; return the parameter update (after − before, by name) and the Trainer's log history. ``ep_*``
-    overrides reach the EP run only; ``setup(trainer)`` runs before ``train()``."""
+def train_update(method: str, model, dataset, out, trainer_kwargs=None, ep_trainer=EPTrainer, setup=None,
+                 backprop_trainer=Trainer, ep_args=EPTrainingArguments, backprop_args=TrainingArguments, **overrides):
+    """Train ``model`` by ``method`` ("ep": ``ep_trainer`` with ``ep_args``, or "backprop": ``backprop_trainer``
+    with ``backprop_args``; by default ``EPTrainer`` and ``Trainer``) with plain SGD and no clipping; return the
+    parameter update (after − before, by name) and the Trainer's log history. ``ep_*`` overrides reach the EP run
+    only; ``setup(trainer)`` runs before ``train()``. ``model`` may be a ``model_init`` function instead of a model
+    (the update is then from the parameters it returns)."""
     common = dict(
         output_dir=str(out),
         optim="sgd",
@@ -79,11 +82,13 @@ def train_update(method: str, model, dataset, out, trainer_kwargs=None, ep_train
     common.update({k: v for k, v in overrides.items() if not k.startswith("ep_")})
     if method == "ep":
         ep_settings = {k: v for k, v in overrides.items() if k.startswith("ep_")}
-        trainer_cls, args = ep_trainer, EPTrainingArguments(**{**EP_EXACT, **ep_settings, **common})
+        trainer_cls, args = ep_trainer, ep_args(**{**EP_EXACT, **ep_settings, **common})
     else:
-        trainer_cls, args = Trainer, TrainingArguments(**common)
-    before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, **(trainer_kwargs or {}))
+        trainer_cls, args = backprop_trainer, backprop_args(**common)
+    model_init = None if isinstance(model, torch.nn.Module) else model
+    source = {"model": model} if model_init is None else {"model_init": model_init}
+    before = {k: v.detach().clone() for k, v in (model if model_init is None else model_init()).named_parameters()}
+    trainer = trainer_cls(**source, args=args, train_dataset=dataset, **(trainer_kwargs or {}))
     if setup is not None:
         setup(trainer)
     trainer.train()
