@@ -22,6 +22,7 @@ MODULES = [
     "mep_hf.optim",
     "mep_hf.metrics",
     "mep_hf.hub",
+    "mep_hf.trl",  # needs trl (the `trl` and `dev` extras)
 ]
 
 
