@@ -5,7 +5,7 @@ checkpointing, on transformer stacks: same model, same batch, one process per st
     python benchmarks/transformer_memory.py --stacks gpt2_small_blocks --repeats 5
     python benchmarks/transformer_memory.py --use_cpu false --output_dir docs/gpu   # on a CUDA GPU
 
-Methods: ``backprop`` (``Trainer``), ``backprop_checkpointed`` (``Trainer`` with ``gradient_checkpointing=True``),
+Methods: ``backprop`` (``Trainer``), ``backprop_checkpointed`` (``Trainer`` with activation checkpointing),
 ``ep_fast`` and ``ep_low`` (``EPTrainer`` with ``ep_memory="fast"`` / ``"low"``), otherwise at the library's defaults
 (scale-free β, one sweep, positive nudging unless ``--nudging`` says otherwise; the audit off, its cost is
 ``benchmarks/defaults.py``'s).
@@ -44,6 +44,9 @@ from memory import tensor_peak  # noqa: E402  (the allocation-record peak, share
 SCRATCH = tempfile.TemporaryDirectory(prefix="mep_tm_")
 
 METHODS = ("backprop", "backprop_checkpointed", "ep_fast", "ep_low")
+# transformers 5.24 renamed gradient checkpointing to activation checkpointing (the old names warn).
+CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                 else "gradient_checkpointing")
 
 
 class CountFlops(TorchDispatchMode):
@@ -128,10 +131,11 @@ def make_trainer(method: str, state: dict, build: Callable, use_cpu: bool = True
                                    ep_memory=method.split("_")[1])
         trainer = EPTrainer(model=model, args=args)
     else:
-        args = TrainingArguments(**common, gradient_checkpointing=method == "backprop_checkpointed")
+        args = TrainingArguments(**common, **{CHECKPOINTING: method == "backprop_checkpointed"})
         trainer = Trainer(model=model, args=args)
-        if args.gradient_checkpointing:  # what Trainer.train() does before its loop
-            trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        if getattr(args, CHECKPOINTING):  # what Trainer.train() does before its loop
+            enable = getattr(trainer.model, f"{CHECKPOINTING}_enable")
+            enable(**{f"{CHECKPOINTING}_kwargs": getattr(args, f"{CHECKPOINTING}_kwargs")})
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); read by training_step
     trainer.create_optimizer()
     return trainer
