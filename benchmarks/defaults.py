@@ -182,8 +182,9 @@ def frontier(name: str, bench: Arguments, mnist) -> list[dict]:
             cosine, rel = audited(ep, batch)
             ms = timed({"backprop": lambda: step(backprop, batch), "ep": lambda: step(ep, batch)},
                        Arguments(repeats=max(3, bench.repeats // 3), warmup=1))
-            result = {"time_ratio": ms["ep"] / ms["backprop"], "activation_ratio": activation_mib(ep, batch) / base_act,
-                      "cosine": cosine, "rel_error": rel}
+            act = activation_mib(ep, batch)
+            result = {"time_ratio": ms["ep"] / ms["backprop"], "activation_mib": act,
+                      "activation_ratio": act / base_act if base_act >= 1 else None, "cosine": cosine, "rel_error": rel}
         except Exception as err:  # a setting that diverges is a result too
             result = {"error": f"{type(err).__name__}: {str(err)[:80]}"}
         out.append({"nudging": nudging, "beta": "scale-free" if beta is None else beta, "sweeps": sweeps,
@@ -229,8 +230,9 @@ def tables(results: dict, frontiers: dict) -> str:
             if "error" in f:
                 lines.append(f"| {f['nudging']} | {f['beta']} | {f['sweeps']} | {f['memory']} | {f['error']} | | | |")
             else:
+                act = "n/a" if f["activation_ratio"] is None else f"{f['activation_ratio']:.2f}"
                 lines.append(f"| {f['nudging']} | {f['beta']} | {f['sweeps']} | {f['memory']} | {f['time_ratio']:.2f} | "
-                             f"{f['activation_ratio']:.2f} | {f['cosine']:.6f} | {f['rel_error']:.2g} |")
+                             f"{act} | {f['cosine']:.6f} | {f['rel_error']:.2g} |")
     return "\n".join(lines) + "\n"
 
 
