@@ -37,6 +37,8 @@ def main() -> None:
         output_dir=str(out / "count"), use_cpu=True, report_to="none", seed=0, data_seed=0, **flags))
     first = next(iter(trainer.get_train_dataloader()))
     print(f"tokens_rank{torch.distributed.get_rank()}={int((first['labels'][:, 1:] != -100).sum())}", flush=True)
+    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort it ("terminate called")
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

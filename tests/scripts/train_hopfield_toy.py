@@ -42,6 +42,8 @@ def main() -> None:
     rank = int(os.environ.get("RANK", 0))
     save_file({k: v.detach().contiguous() for k, v in trainer.model.named_parameters()},
               str(Path(a.out) / f"params_rank{rank}.safetensors"))
+    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort it ("terminate called")
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def main() -> None:
     params = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
     save_file(params, str(out / f"params_rank{args.process_index}.safetensors"))
     print(f"rank {args.process_index}/{args.world_size}: done, global_step={trainer.state.global_step}", flush=True)
+    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort it ("terminate called")
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
