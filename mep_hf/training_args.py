@@ -26,8 +26,8 @@ class EPTrainingArguments(TrainingArguments):
     ep_nudge_displacement: float = field(
         default=1e-4,
         metadata={"help": "With ep_beta unset (layered energy): the largest relative state displacement ‖Δs_l‖/‖s_l‖ "
-                          "the nudge may cause. EP's bias grows linearly with it (about 20x it on a stock Llama, "
-                          "0.03x on BERT: docs/defaults.md)."},
+                          "the nudge may cause. EP's bias grows linearly with it (about 24x it on a stock Llama, "
+                          "0.07x on BERT: docs/defaults.md)."},
     )
     ep_nudging: str | None = field(
         default=None,
