@@ -18,9 +18,9 @@ IMG="examples/train_image_classification.py --save_strategy epoch --save_total_l
 # Conv nets: tanh (not gelu) and centered nudging with a small beta. With gelu + max pooling, one-sided nudging's
 # O(beta) bias grew with the weights until settling diverged (fashion, beta 0.01 and 0.001; docs/zoo_training.md).
 CONV="--model convnet --channels 32 64 --activation tanh --ep_nudging centered --ep_beta 0.001"
-# The MLP cards were trained before the scale-free default, with a fixed beta (what their cards report).
+# The MLP and char-LM cards were trained before the scale-free default, with a fixed beta (what their cards report).
 MLP="--ep_beta 0.01 --ep_nudging positive"
-LM="examples/train_char_lm.py --max_steps 3000 --warmup_steps 100 --eval_steps 250 --logging_steps 50 --save_strategy steps --save_steps 250 --save_total_limit 2"
+LM="examples/train_char_lm.py --ep_beta 0.03 --ep_nudging positive --max_steps 3000 --warmup_steps 100 --eval_steps 250 --logging_steps 50 --save_strategy steps --save_steps 250 --save_total_limit 2"
 
 declare -A RUNS=(
   [mnist_mlp]="$IMG $MLP --augment_shift 2 --num_train_epochs 20"
