@@ -55,6 +55,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .block_stack import BlockStack
 from .inner_states import FreeRun, InnerErrors, ModuleCalls, parameter_grads, place_and_contrast
 
 NUDGING_MODES = ("positive", "centered", "random_sign")
@@ -64,40 +65,6 @@ MEMORY_MODES = ("fast", "low")
 
 class SettlingDivergedError(RuntimeError):
     """Settling made the energy non-finite or grow: the nudged phase has no usable equilibrium."""
-
-
-@dataclass
-class BlockStack:
-    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
-
-    ``loss`` is the scalar EP nudges with, any function of the output state (a batch mean, a sum over tokens
-    divided by the accumulation window's token count, ...); EP's gradient tends to ``∇θ loss``. The engine scales
-    it by the batch size ``B`` only to keep each sample's error O(β).
-
-    ``output`` (models set it; the bare engine does not need it) is the tail of the model's ``forward`` at an
-    output state: ``output(s_L, labels=None, **loss_kwargs)`` gives the model output (``logits``, and ``loss`` when
-    ``labels`` are given, computed as ``forward`` computes it, e.g. with ``num_items_in_batch``). ``EPTrainer``
-    evaluates ``Trainer.compute_loss`` on it, so EP nudges with exactly the loss Trainer would backpropagate.
-    Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
-    """
-
-    inputs: Tensor
-    blocks: Sequence[Callable[[Tensor], Tensor]]
-    loss: Callable[[Tensor], Tensor]
-    output: Callable[..., Any] | None = None
-
-    def __post_init__(self):
-        if len(self.blocks) == 0:
-            raise ValueError("an EP block stack needs at least one block; the model exposed none")
-
-    @classmethod
-    def with_output(cls, inputs: Tensor, blocks: Sequence, output: Callable[..., Any], labels: Tensor) -> BlockStack:
-        """A stack whose loss is the one the model's ``output`` reports for ``labels``."""
-        return cls(inputs, blocks, loss=lambda s: output(s, labels=labels)["loss"], output=output)
-
-    @property
-    def batch_size(self) -> int:
-        return self.inputs.shape[0]
 
 
 @dataclass(frozen=True)

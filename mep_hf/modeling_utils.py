@@ -13,7 +13,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .equilibrium import BlockStack
+from .block_stack import BlockStack
 
 TASK_LOSSES = ("cross_entropy", "mse")
 

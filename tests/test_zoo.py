@@ -4,7 +4,6 @@ scores are their output states; the char-LM card's example stays within the mode
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -16,9 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mep_hf.equilibrium import BlockStack
 from mep_hf.hub import zoo
-from mep_hf.hub.remote_standins import BlockStack as StandinBlockStack
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = zoo.packaged_folders(ROOT / "model_zoo")
@@ -66,21 +63,12 @@ def test_generated_code_carries_no_engine(folder):
     assert ("mep_hf.energies.hopfield" in flattened_from(modeling)) == settles
 
 
-def test_standin_block_stack_agrees_with_the_engine():
-    """Remote code's BlockStack has the engine's fields, defaults and methods, and builds the same stack."""
-    def fields(cls):
-        return [(f.name, f.default) for f in dataclasses.fields(cls)]
-
-    assert fields(StandinBlockStack) == fields(BlockStack)
-    public = {n for n in vars(BlockStack) if not n.startswith("_")}
-    assert public == {n for n in vars(StandinBlockStack) if not n.startswith("_")}
-    x, labels = torch.rand(3, 4), torch.tensor([0, 1, 0])
-    output = lambda s, labels=None: {"loss": (s.sum(-1) - labels).pow(2).mean()}  # noqa: E731
-    ours, engine = (c.with_output(x, [torch.nn.Identity()], output, labels) for c in (StandinBlockStack, BlockStack))
-    assert ours.batch_size == engine.batch_size == 3 and torch.equal(ours.loss(x), engine.loss(x))
-    for cls in (StandinBlockStack, BlockStack):
-        with pytest.raises(ValueError, match="at least one block"):
-            cls(x, [], loss=None)
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_generated_model_code_carries_the_block_stack_itself(folder):
+    """The BlockStack a flat model returns is generated from mep_hf.block_stack, not kept as a hand-made twin."""
+    modeling = next(folder.glob("modeling_*.py"))
+    assert "mep_hf.block_stack" in flattened_from(modeling)
+    assert "class BlockStack" in modeling.read_text()
 
 
 # --------------------------------------------------------------------------- Hopfield scores

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dropout import shared_mask_blocks, step_seeds
-from ..equilibrium import BlockStack
+from ..block_stack import BlockStack
 from .base import bind_inputs, main_input, replaying, resolve, unsupported
 from .heads import Head
 from .registry import register_adapter_family

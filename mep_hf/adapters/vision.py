@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dropout import shared_mask_blocks, step_seeds
-from ..equilibrium import BlockStack
+from ..block_stack import BlockStack
 from .base import bind_inputs, call_with_accepted, main_input, replaying, resolve
 from .heads import Head
 from .registry import register_adapter_family

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..block_stack import BlockStack
 from ..equilibrium import (
     BlockLinearization,
-    BlockStack,
     ScaleFreeBeta,
     SettleConfig,
     SettlingDivergedError,

@@ -1,5 +1,5 @@
 """Generated from mep_hf 0.1.0 by `mep-hf-zoo`; do not edit, regenerate it (`mep-hf-zoo regenerate`).
-Flattened from `mep_hf.hub.remote_standins`, `mep_hf.modeling_utils`, `mep_hf.models.convnet.modeling_ep_convnet`.
+Flattened from `mep_hf.block_stack`, `mep_hf.modeling_utils`, `mep_hf.models.convnet.modeling_ep_convnet`.
 
 Self-contained: it imports no mep_hf module, so `trust_remote_code=True` loads it without mep_hf installed.
 """
@@ -25,8 +25,18 @@ from .configuration_ep_convnet import EPConvNetConfig, TASK_LOSSES
 
 @dataclass
 class BlockStack:
-    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, the task loss of the output state,
-    and ``output`` (the tail of the model's ``forward`` at an output state). Install mep-hf to train by EP."""
+    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
+
+    ``loss`` is the scalar EP nudges with, any function of the output state (a batch mean, a sum over tokens
+    divided by the accumulation window's token count, ...); EP's gradient tends to ``∇θ loss``. The engine scales
+    it by the batch size ``B`` only to keep each sample's error O(β).
+
+    ``output`` (models set it; the bare engine does not need it) is the tail of the model's ``forward`` at an
+    output state: ``output(s_L, labels=None, **loss_kwargs)`` gives the model output (``logits``, and ``loss`` when
+    ``labels`` are given, computed as ``forward`` computes it, e.g. with ``num_items_in_batch``). ``EPTrainer``
+    evaluates ``Trainer.compute_loss`` on it, so EP nudges with exactly the loss Trainer would backpropagate.
+    Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
+    """
 
     inputs: Tensor
     blocks: Sequence[Callable[[Tensor], Tensor]]

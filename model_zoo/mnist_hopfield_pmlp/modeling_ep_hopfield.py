@@ -1,5 +1,5 @@
 """Generated from mep_hf 0.1.0 by `mep-hf-zoo`; do not edit, regenerate it (`mep-hf-zoo regenerate`).
-Flattened from `mep_hf.energies.hopfield`, `mep_hf.hub.remote_standins`, `mep_hf.kernels.linear_maps`, `mep_hf.modeling_utils`, `mep_hf.models.hopfield.modeling_ep_hopfield`.
+Flattened from `mep_hf.block_stack`, `mep_hf.energies.hopfield`, `mep_hf.hub.remote_standins`, `mep_hf.kernels.linear_maps`, `mep_hf.modeling_utils`, `mep_hf.models.hopfield.modeling_ep_hopfield`.
 
 Self-contained: it imports no mep_hf module, so `trust_remote_code=True` loads it without mep_hf installed. Its
 blocks' closed forms (`ep_linearize`) stay: `forward` settles through them. Install mep_hf (`pip install mep-hf`) to
@@ -179,30 +179,6 @@ class LinearMapLinearization:
         return pairs
 
 
-@dataclass
-class BlockStack:
-    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, the task loss of the output state,
-    and ``output`` (the tail of the model's ``forward`` at an output state). Install mep-hf to train by EP."""
-
-    inputs: Tensor
-    blocks: Sequence[Callable[[Tensor], Tensor]]
-    loss: Callable[[Tensor], Tensor]
-    output: Callable[..., Any] | None = None
-
-    def __post_init__(self):
-        if len(self.blocks) == 0:
-            raise ValueError("an EP block stack needs at least one block; the model exposed none")
-
-    @classmethod
-    def with_output(cls, inputs: Tensor, blocks: Sequence, output: Callable[..., Any], labels: Tensor) -> BlockStack:
-        """A stack whose loss is the one the model's ``output`` reports for ``labels``."""
-        return cls(inputs, blocks, loss=lambda s: output(s, labels=labels)["loss"], output=output)
-
-    @property
-    def batch_size(self) -> int:
-        return self.inputs.shape[0]
-
-
 class BlockLinearization(Protocol):
     """One block run at one input state: ``output = f(s)`` and the state VJP ``vjp(e) = J_f(s)ᵀ e``."""
 
@@ -222,6 +198,40 @@ def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_
             "blocks that have one. Install mep-hf (`pip install mep-hf`) and `import mep_hf` to run it."
         )
     return lin
+
+
+@dataclass
+class BlockStack:
+    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
+
+    ``loss`` is the scalar EP nudges with, any function of the output state (a batch mean, a sum over tokens
+    divided by the accumulation window's token count, ...); EP's gradient tends to ``∇θ loss``. The engine scales
+    it by the batch size ``B`` only to keep each sample's error O(β).
+
+    ``output`` (models set it; the bare engine does not need it) is the tail of the model's ``forward`` at an
+    output state: ``output(s_L, labels=None, **loss_kwargs)`` gives the model output (``logits``, and ``loss`` when
+    ``labels`` are given, computed as ``forward`` computes it, e.g. with ``num_items_in_batch``). ``EPTrainer``
+    evaluates ``Trainer.compute_loss`` on it, so EP nudges with exactly the loss Trainer would backpropagate.
+    Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
+    """
+
+    inputs: Tensor
+    blocks: Sequence[Callable[[Tensor], Tensor]]
+    loss: Callable[[Tensor], Tensor]
+    output: Callable[..., Any] | None = None
+
+    def __post_init__(self):
+        if len(self.blocks) == 0:
+            raise ValueError("an EP block stack needs at least one block; the model exposed none")
+
+    @classmethod
+    def with_output(cls, inputs: Tensor, blocks: Sequence, output: Callable[..., Any], labels: Tensor) -> BlockStack:
+        """A stack whose loss is the one the model's ``output`` reports for ``labels``."""
+        return cls(inputs, blocks, loss=lambda s: output(s, labels=labels)["loss"], output=output)
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.shape[0]
 
 
 def hard_sigmoid(u: Tensor) -> Tensor:

@@ -18,7 +18,8 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
 
-from ...equilibrium import BlockStack, Contrast
+from ...block_stack import BlockStack
+from ...equilibrium import Contrast
 from ...modeling_utils import EPPreTrainedModel, require_labels
 from .configuration_ep_char_transformer import EPCharTransformerConfig
 
