@@ -8,6 +8,7 @@ by ``EPTrainer`` with the same arguments; rank 0 saves both parameter updates. T
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +38,13 @@ def main() -> None:
         output_dir=str(out / "count"), use_cpu=True, report_to="none", seed=0, data_seed=0, **flags))
     first = next(iter(trainer.get_train_dataloader()))
     print(f"tokens_rank{torch.distributed.get_rank()}={int((first['labels'][:, 1:] != -100).sum())}", flush=True)
-    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort it ("terminate called")
-        torch.distributed.destroy_process_group()
+    if torch.distributed.is_initialized():
+        # Everything is on disk. Tearing down a gloo group (at interpreter exit, or through the DDP reducer's
+        # destructor after destroy_process_group) sometimes aborts ("terminate called without an active exception")
+        # or blocks joining its threads: leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

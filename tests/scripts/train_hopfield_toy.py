@@ -42,8 +42,13 @@ def main() -> None:
     rank = int(os.environ.get("RANK", 0))
     save_file({k: v.detach().contiguous() for k, v in trainer.model.named_parameters()},
               str(Path(a.out) / f"params_rank{rank}.safetensors"))
-    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort it ("terminate called")
-        torch.distributed.destroy_process_group()
+    if torch.distributed.is_initialized():
+        # Everything is on disk. Tearing down a gloo group (at interpreter exit, or through the DDP reducer's
+        # destructor after destroy_process_group) sometimes aborts ("terminate called without an active exception")
+        # or blocks joining its threads: leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

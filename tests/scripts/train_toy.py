@@ -108,8 +108,13 @@ def main() -> None:
     params = {k: v.detach().contiguous().clone() for k, v in trainer.model.state_dict().items()}
     save_file(params, str(out / f"params_rank{args.process_index}.safetensors"))
     print(f"rank {args.process_index}/{args.world_size}: done, global_step={trainer.state.global_step}", flush=True)
-    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort it ("terminate called")
-        torch.distributed.destroy_process_group()
+    if torch.distributed.is_initialized():
+        # Everything is on disk. Tearing down a gloo group (at interpreter exit, or through the DDP reducer's
+        # destructor after destroy_process_group) sometimes aborts ("terminate called without an active exception")
+        # or blocks joining its threads: leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
