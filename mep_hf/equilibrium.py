@@ -283,9 +283,14 @@ def free_phase(stack: BlockStack, memory: str = "fast") -> Linearization:
     return linearize(stack, memory=memory)
 
 
+def _norms(tensors: Sequence[Tensor]) -> Tensor:
+    """``‖t‖`` of each tensor, as one float64 tensor on their device (nothing is read back)."""
+    return torch.stack(torch._foreach_norm([t.detach() for t in tensors])).double()
+
+
 def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
     """``‖t‖²`` of each tensor, read back in one device sync."""
-    return torch.stack(torch._foreach_norm([t.detach() for t in errors])).double().square().tolist()
+    return _norms(errors).square().tolist()
 
 
 def _sweep(lin: Linearization, beta: float, release: bool = False) -> tuple[list[Tensor], list[InnerErrors | None]]:
@@ -392,12 +397,14 @@ class ScaleFreeBeta:
     differences of states, so a small displacement costs no precision, in float32 or under autocast.
     """
 
-    displacement: float = 1e-3
+    displacement: float = 1e-4
 
-    def resolve(self, errors: Sequence[Tensor], state_squares: Sequence[float]) -> float:
-        """β for a unit sweep's ``errors`` at states of squared norms ``state_squares``."""
-        ratios = [math.sqrt(e / s) for e, s in zip(_sum_squares(errors), state_squares) if s > 0]
-        largest = max(ratios, default=0.0)
+    def resolve(self, errors: Sequence[Tensor], state_norms: Tensor) -> float:
+        """β for a unit sweep's ``errors`` at states of norms ``state_norms`` (:func:`_norms`), read back in one
+        device sync."""
+        error_norms = _norms(errors)
+        ratios = torch.where(state_norms > 0, error_norms / state_norms, torch.zeros_like(error_norms))
+        largest = float(ratios.max())
         return self.displacement / largest if largest > 0 and math.isfinite(largest) else 1.0
 
 
@@ -454,9 +461,9 @@ def nudged_phases(stack: BlockStack, free: Linearization, beta: float | ScaleFre
     """
     unit = None
     if isinstance(beta, ScaleFreeBeta):
-        state_squares = _sum_squares(free.states)  # before the sweep releases the states
+        state_norms = _norms(free.states)  # before the sweep releases the states
         unit = _sweep(free, 1.0, release=config.mode == "sweep")
-        beta = beta.resolve(unit[0], state_squares)
+        beta = beta.resolve(unit[0], state_norms)
     betas = nudging_betas(beta, nudging)
     if config.mode != "sweep":
         return [settle(stack, free, b, config) for b in betas]

@@ -210,8 +210,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             free_loss = free.loss
             self._guard_against_divergence(free_loss)
             try:
+                beta = args.ep_beta if args.ep_beta is not None else energy.default_beta(args.ep_nudge_displacement)
                 nudging = args.ep_nudging or energy.default_nudging
-                phases = energy.nudged_phases(stack, free, args.nudge, nudging, config)
+                phases = energy.nudged_phases(stack, free, beta, nudging, config)
                 contrast_fn = energy.contrast(free, phases, config, self._loss_scale(), trainer_loss)
                 # The contrast keeps what it needs of the free phase and frees it on the way; it builds its own
                 # stack (through the model's forward), so this one's masks and rotary tables go now.

@@ -24,7 +24,7 @@ class EPTrainingArguments(TrainingArguments):
                           "ep_nudge_displacement of its own size (docs/defaults.md)."},
     )
     ep_nudge_displacement: float = field(
-        default=1e-4,
+        default=ScaleFreeBeta.displacement,
         metadata={"help": "With ep_beta unset (layered energy): the largest relative state displacement ‖Δs_l‖/‖s_l‖ "
                           "the nudge may cause. EP's bias grows linearly with it (about 24x it on a stock Llama, "
                           "0.07x on BERT: docs/defaults.md)."},
@@ -173,12 +173,6 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"mep_optimizer_options must be a dict, got {type(self.mep_optimizer_options).__name__}")
         if self.mep_optimizer_options and self.mep_optimizer is None:
             raise ValueError("mep_optimizer_options were given but no mep_optimizer preset is set")
-
-    @property
-    def nudge(self) -> float | ScaleFreeBeta:
-        """The β to nudge with: ``ep_beta`` when set, else the scale-free rule (a family that has none, hopfield, uses
-        its own default β)."""
-        return self.ep_beta if self.ep_beta is not None else ScaleFreeBeta(self.ep_nudge_displacement)
 
     @property
     def settle_config(self) -> SettleConfig:

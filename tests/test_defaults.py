@@ -30,18 +30,21 @@ def defaults():
 
 def default_gradients(model, batch, args, **overrides):
     """EP's gradient of ``batch`` with ``args``' nudge, nudging and settling, as EPTrainer runs them."""
-    beta, nudging = overrides.get("beta", args.nudge), overrides.get("nudging", args.ep_nudging)
+    layered = get_energy("layered")
+    beta = overrides.get("beta", layered.default_beta(args.ep_nudge_displacement))
+    nudging = overrides.get("nudging", args.ep_nudging)
     config = args.settle_config if "steps" not in overrides else eq.SettleConfig(steps=overrides["steps"])
     stack = model.ep_stack(**batch)
     phases = eq.nudged_phases(stack, eq.free_phase(stack, config.memory), beta,
-                              nudging or get_energy("layered").default_nudging, config)
+                              nudging or layered.default_nudging, config)
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.autograd.grad(model(**batch, ep_contrast=eq.Contrast(phases)), params, allow_unused=True)
 
 
 def test_defaults_are_scale_free_positive_one_sweep_with_the_audit_on(defaults):
-    assert defaults.ep_beta is None and isinstance(defaults.nudge, ScaleFreeBeta)
-    assert defaults.nudge.displacement == defaults.ep_nudge_displacement == 1e-4
+    nudge = get_energy("layered").default_beta(defaults.ep_nudge_displacement)
+    assert defaults.ep_beta is None and isinstance(nudge, ScaleFreeBeta)
+    assert nudge.displacement == defaults.ep_nudge_displacement == ScaleFreeBeta().displacement == 1e-4
     assert defaults.ep_nudging is None and get_energy("layered").default_nudging == "positive"
     assert defaults.ep_settle_steps == 1 and defaults.ep_memory == "fast"
     assert defaults.ep_audit_steps == 100

@@ -162,7 +162,11 @@ def test_flat_hopfield_model_backpropagates_like_mep_hf(tmp_path):
         m.zero_grad()
         m(pixel_values=x, labels=labels).loss.backward()
         grads.append([p.grad for p in m.parameters()])
-    assert all(g is not None and torch.equal(g, h) for g, h in zip(*grads))
+    # Two code paths (mep_hf's modules, the generated file) doing the same float32 ops: equal to rounding; the
+    # graph cut at every settling step that this guards against changes the gradient at O(1).
+    assert all(g is not None for g in grads[1])
+    for g, h in zip(*grads):
+        torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- cards

@@ -39,10 +39,13 @@ class EnergyFamily(Protocol):
     def free_phase(self, stack: BlockStack, config: SettleConfig) -> Any:
         """The β = 0 equilibrium; the result's ``loss`` is the task loss there (what Trainer logs)."""
 
+    def default_beta(self, displacement: float) -> float | ScaleFreeBeta:
+        """β when ``ep_beta`` is unset: the layered energy's scale-free rule for ``displacement``
+        (``ep_nudge_displacement``), or a family's own fixed β."""
+
     def nudged_phases(self, stack: BlockStack, free: Any, beta: float | ScaleFreeBeta, nudging: str,
                       config: SettleConfig) -> list:
-        """Settle the nudged phase(s) of :func:`mep_hf.equilibrium.nudging_betas` from the free state; a family
-        without a scale-free rule replaces a :class:`~mep_hf.equilibrium.ScaleFreeBeta` by its own default β."""
+        """Settle the nudged phase(s) of :func:`mep_hf.equilibrium.nudging_betas` from the free state."""
 
     def contrast(self, free: Any, phases: list, config: SettleConfig, grad_scale: float,
                  loss: Callable[[Tensor], Tensor]) -> Callable[[BlockStack], Tensor]:

@@ -45,7 +45,6 @@ from torch import Tensor
 from ..block_stack import BlockStack
 from ..equilibrium import (
     BlockLinearization,
-    ScaleFreeBeta,
     SettleConfig,
     SettlingDivergedError,
     _accumulate,
@@ -234,9 +233,6 @@ class HopfieldEnergy:
 
     name = "hopfield"
     default_nudging = "centered"
-    # Classic EP settles each phase for a few steps: the nudge must beat what settling leaves unconverged, so β is
-    # a fixed fraction of the [0, 1] state range rather than the layered energy's vanishing scale-free one.
-    default_beta = 0.1
     # Its gradient tends to that of the loss at the settled free state, which no single forward pass computes.
     has_backprop_reference = False
 
@@ -269,10 +265,14 @@ class HopfieldEnergy:
             free.loss = float(stack.loss(free.states[-1]))
         return free
 
+    def default_beta(self, displacement: float) -> float:
+        """A fixed 0.1: classic EP settles each phase for a few steps, so the nudge must beat what settling leaves
+        unconverged; β is a fraction of the [0, 1] state range, not the layered energy's vanishing scale-free one."""
+        return 0.1
+
     def nudged_phases(self, stack, free, beta, nudging, config) -> list[HopfieldPhase]:
         _, steps, tol = self._schedule(stack, config)
         force = loss_gradient(stack.loss, stack.batch_size)
-        beta = self.default_beta if isinstance(beta, ScaleFreeBeta) else beta
         phases = []
         with torch.no_grad():
             for b in nudging_betas(beta, nudging):

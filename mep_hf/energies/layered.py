@@ -19,6 +19,9 @@ class LayeredEnergy:
                 raise ValueError(f"{flag} is for energies whose free phase settles (hopfield); the layered energy's "
                                  "free phase is one forward pass and its nudged phases take ep_settle_steps")
 
+    def default_beta(self, displacement):
+        return eq.ScaleFreeBeta(displacement)
+
     def free_phase(self, stack, config):
         return eq.free_phase(stack, config.memory)
 
