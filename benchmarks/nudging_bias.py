@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mep_hf import equilibrium as eq  # noqa: E402
+from mep_hf.energies import layered as eq  # noqa: E402
 from mep_hf.adapters import prepare_ep_model  # noqa: E402
 from mep_hf.adapters.check import backprop_gradients  # noqa: E402
 from tests.adapter_models import tiny_batch, tiny_model  # noqa: E402  (the tiny configs every adapter test uses)

@@ -19,7 +19,7 @@ import torch
 from transformers import HfArgumentParser
 
 from mep_hf import EPMLPConfig, EPMLPForImageClassification, SettleConfig, free_phase, nudged_phases
-from mep_hf.equilibrium import Contrast
+from mep_hf.energies.layered import Contrast
 from mep_hf.kernels import dense
 from mep_hf.kernels.triton_dense import ACTIVATION_CODES, TritonDenseLinearization
 from mep_hf.models.mlp.modeling_ep_mlp import EPDenseBlock

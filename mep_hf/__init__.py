@@ -3,7 +3,8 @@
 Train: :class:`EPTrainer` + :class:`EPTrainingArguments`. Models: the EP-native ones here (Auto-registered) or any
 stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Continual learning: :class:`EWCCallback` (``mep_hf.callbacks``). Optimizers:
 ``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model zoo: ``mep_hf.hub``. The algorithm:
-``mep_hf.equilibrium``.
+``mep_hf.equilibrium`` (the family-neutral core) and ``mep_hf.energies`` (the energy families; the layered one is
+``mep_hf.energies.layered``). The map: ``docs/architecture.md``.
 """
 
 from . import adapters, callbacks, data, hub, metrics, optim
@@ -11,16 +12,9 @@ from .adapters import prepare_ep_model
 from .callbacks import EWCCallback
 from .audit import GradientAuditError
 from .checkpointing import CheckpointIntegrityError
-from .equilibrium import (
-    BlockStack,
-    Contrast,
-    ScaleFreeBeta,
-    SettleConfig,
-    SettlingDivergedError,
-    free_phase,
-    nudged_phases,
-    settle,
-)
+from .block_stack import BlockStack
+from .energies.layered import Contrast, ScaleFreeBeta, SettleConfig, free_phase, nudged_phases, settle
+from .equilibrium import SettlingDivergedError, register_nudging
 from .guard import TrainingDivergedError
 from .models import (
     EPCharTokenizer,
@@ -81,5 +75,6 @@ __all__ = [
     "nudged_phases",
     "optim",
     "prepare_ep_model",
+    "register_nudging",
     "settle",
 ]

@@ -1,4 +1,5 @@
-"""The model contract: a :class:`BlockStack` is what a model shows EP (its ``ep_stack`` returns one).
+"""The model contract: a :class:`BlockStack` is what a model shows EP (its ``ep_stack`` returns one), and its
+``forward``, decorated with :func:`routes_ep_contrast`, runs EP's contrast when the trainer asks for it.
 
 It has no dependencies beyond torch, so generated remote code (:mod:`mep_hf.hub.remote_code`) carries it as it is,
 without the engine that trains it (:mod:`mep_hf.equilibrium`).
@@ -6,6 +7,8 @@ without the engine that trains it (:mod:`mep_hf.equilibrium`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,3 +48,25 @@ class BlockStack:
     @property
     def batch_size(self) -> int:
         return self.inputs.shape[0]
+
+
+def routes_ep_contrast(forward: Callable) -> Callable:
+    """Decorate a model's ``forward`` so that ``model(**batch, ep_contrast=c)`` returns ``c(model.ep_stack(**batch))``.
+
+    EP's contrast must run inside the (possibly DDP- or peft-wrapped) model's forward, so that gradient hooks fire
+    as for any loss; this is the one place that routes it. Without ``ep_contrast`` the forward runs unchanged, and
+    its signature is the undecorated one (the Trainer reads it to drop unused dataset columns). A model whose
+    contrast call needs a setting (the stock-model adapters replay the step's dropout masks) offers it as the
+    context manager ``ep_contrast_context()``.
+    """
+
+    @functools.wraps(forward)
+    def routed(self, *args, ep_contrast=None, **kwargs):
+        if ep_contrast is None:
+            return forward(self, *args, **kwargs)
+        context = getattr(self, "ep_contrast_context", contextlib.nullcontext)
+        with context():
+            stack = self.ep_stack(*args, **kwargs)
+        return ep_contrast(stack)
+
+    return routed

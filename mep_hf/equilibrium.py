@@ -1,102 +1,119 @@
-"""Equilibrium Propagation on a layered energy: free phase, nudged phases, and the local contrast.
+"""The family-neutral core of Equilibrium Propagation: what every energy family settles and contrasts with.
 
-This module is the whole EP algorithm. A model exposes a :class:`BlockStack` (input state ``s_0``, blocks
-``f_1..f_L`` that are any callables such as ``nn.Module`` s, and its task loss ``L``); everything else is here.
+EP trains a network whose state ``s`` minimizes an energy ``E(s; θ)``. The loss ``L`` of the output state nudges
+that minimum: ``F(s; θ, β) = E(s; θ) + β·L(s)``. With ``s^β`` a stationary point of ``F`` (a *phase*), the
+gradient of the loss at the free state (β = 0) is a derivative in β (Scellier & Bengio 2017)::
 
-With states ``s_1..s_L`` (one row per sample, batch size ``B``) and prediction errors ``e_l = s_l − f_l(s_{l−1})``::
+    ∇θ L(s^0) = d/dβ ∂F/∂θ(s^β; θ, β) |_{β=0}
 
-    E(s; θ)    = 1/B · Σ_l ½‖e_l‖²                 (prediction-error energy)
-    F(s; θ, β) = E(s; θ) + β·L(s_L)                  (total energy, nudged towards the labels)
+so EP estimates it from a few settled phases ``β_k`` as a finite difference ``Σ_k w_k ∂F/∂θ(s^{β_k})``, where
+the states are held constant and each block's gradient is local. An *energy family*
+(:mod:`mep_hf.energies`: the layered prediction-error energy, the Hopfield energy of classic EP) decides what ``E``
+is and how a phase settles. Everything else is here:
 
-* Free phase (β = 0): the minimum of F is the feed-forward pass, where every error is zero.
-* Nudged phase (β ≠ 0): starting from the free state, settle towards a stationary point of F with the parameters
-  held fixed. A phase is stored as its errors: the states follow front to back, ``s_l = f_l(s_{l−1}) + e_l``.
-  Settling needs only the one-block vector-Jacobian product ``J_{f_{l+1}}(s_l)ᵀ e``: each block is kept as a
-  :class:`BlockLinearization` at its state (autograd on a one-block graph that lives for one step, or a closed form
-  the block offers, see :mod:`mep_hf.kernels`).
-* Inner states (``memory="fast"``, sweep settling): inside a block without a closed form, each module that owns
-  parameters gets a state and an error of its own (:mod:`mep_hf.inner_states`), and the block's output is a
-  function of them. The sweep reads their errors off the block's backward; the contrast then needs each module
-  alone at its nudged input (a linear layer's one product ``eᵀx``) instead of a backward of the whole block.
-  ``memory="low"`` keeps block states only, re-running each block when its VJP is needed.
-* Contrast: ``ΔL(θ) = [E(s^{+β}) − E(s^{−β})] / 2β`` (centered) or ``E(s^{β}) / β`` (positive; at the free
-  state ``E`` and ``∂E/∂θ`` vanish). States are constants there, so ``∇θ ΔL`` is layer-local (θ_l sees only
-  ``s_{l−1}`` and ``e_l``) and tends to ``∇θ L`` of the feed-forward pass as β → 0 (Scellier & Bengio 2017).
-  Each layer's parameter gradient is formed while its state is placed, and the layer is freed before the next:
-  an EP step needs about the memory of a backprop step.
-
-Two settling rules share the energy:
-
-* ``"sweep"`` (default): a sweep sets each error to its stationarity value back to front,
-  ``e_L = −β·B·∂L/∂s_L`` and ``e_l = J_{f_{l+1}}(s_l)ᵀ e_{l+1}``, at the current states. A fixed point of the
-  sweep is exactly a stationary point of F, and one sweep from the free state is already exact to first order
-  in β. The forward pass that places the states after the last sweep is the contrast's own forward pass.
-* ``"gradient"``: classic synchronous gradient descent ``s ← s − lr·B·∂F/∂s`` on all layers at once.
-
-β itself is best not fixed: EP's bias is set by how far the nudge moves each state relative to the state's own
-size, which the same β makes tiny on one model and large on another. :class:`ScaleFreeBeta` (the default) picks β
-each step from the first sweep, so that the largest relative displacement is a fixed small number
-(``docs/defaults.md``).
-
-This is the layered energy family. What every family shares lives here too: the nudging modes (:func:`nudging_betas`),
-the divergence rule (:func:`energy_diverged`), :class:`SettleConfig` and :class:`SettlingDivergedError`. The
-Hopfield family (classic EP, a free phase that settles) is :mod:`mep_hf.energies.hopfield`; :mod:`mep_hf.energies`
-names the families, and ``EPTrainer`` drives whichever one the model declares.
+* the nudging schemes (:func:`register_nudging`): which β each phase is settled at, and the finite-difference
+  weights of its contrast (:func:`contrast_weights`, computed once for every scheme and family);
+* one block at one state, kept ready for the two products EP needs (:class:`BlockLinearization`): the input VJP
+  ``J_f(s)ᵀ e`` (settling) and the parameter product ``J_θ f(s)ᵀ e`` (the contrast), by autograd
+  (:class:`AutogradBlock`) or a block's own closed form (:mod:`mep_hf.kernels`);
+* how a contrast hands its parameter gradients to autograd (:class:`LayerGradients`), so the scalar a model's
+  ``forward(ep_contrast=...)`` returns is backpropagated like any loss (DDP hooks included);
+* the divergence rule (:func:`energy_diverged`, :class:`SettlingDivergedError`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
-
-from .block_stack import BlockStack
-from .inner_states import FreeRun, InnerErrors, ModuleCalls, parameter_grads, place_and_contrast
-
-NUDGING_MODES = ("positive", "centered", "random_sign")
-SETTLE_MODES = ("sweep", "gradient")
-MEMORY_MODES = ("fast", "low")
 
 
 class SettlingDivergedError(RuntimeError):
     """Settling made the energy non-finite or grow: the nudged phase has no usable equilibrium."""
 
 
-@dataclass(frozen=True)
-class SettleConfig:
-    """How a nudged phase settles. Validated by ``EPTrainingArguments``; see its field docs."""
-
-    steps: int = 1
-    mode: str = "sweep"
-    lr: float = 0.2
-    tol: float = 0.0
-    divergence_threshold: float = 10.0
-    memory: str = "fast"
-    # Families whose free phase settles (hopfield): T_free and T_nudged; None = the model's own (its BlockStack's).
-    free_steps: int | None = None
-    nudged_steps: int | None = None
+def energy_diverged(energy: float, start: float, threshold: float) -> bool:
+    """The divergence rule every family uses: the energy is non-finite, or grew past ``start + threshold·|start|``."""
+    return not math.isfinite(energy) or energy - start > threshold * max(abs(start), 1e-12)
 
 
-@dataclass
-class Phase:
-    """A settled nudged phase: its β, its errors ``e_1..e_L``, each block's inner errors (``None`` where the block
-    has block states only), and how the settling went. A block with inner states has no error of its own:
-    ``errors[l]`` is then the sweep's message at its output, and the storage its placed state goes into.
+# ---- nudging schemes -------------------------------------------------------------------------------------------
 
-    ``energy`` is F at the settled state; the contrast fills it in while placing the states.
+NUDGING_SCHEMES: dict[str, Callable[[float], tuple[float, ...]]] = {}
+
+
+def register_nudging(name: str):
+    """Register a nudging scheme: a function ``β ↦`` the β of each nudged phase (nonzero, distinct). The contrast's
+    weights follow from them (:func:`contrast_weights`), so a scheme is this one function."""
+
+    def register(betas: Callable[[float], tuple[float, ...]]):
+        if name in NUDGING_SCHEMES:
+            raise ValueError(f"nudging scheme {name!r} is already registered")
+        NUDGING_SCHEMES[name] = betas
+        return betas
+
+    return register
+
+
+@register_nudging("positive")
+def _positive(beta: float) -> tuple[float, ...]:
+    """One phase at β: the contrast against the free state, bias O(β)."""
+    return (beta,)
+
+
+@register_nudging("centered")
+def _centered(beta: float) -> tuple[float, ...]:
+    """±β: the free state's term cancels and the O(β) bias with it, leaving O(β²) (Laborieux et al. 2021)."""
+    return (beta, -beta)
+
+
+@register_nudging("random_sign")
+def _random_sign(beta: float) -> tuple[float, ...]:
+    """One phase at ±β, the sign drawn from torch's global RNG: the O(β) bias changes sign from step to step and
+    averages out over training at the cost of one phase (Laborieux et al. 2021)."""
+    return (-beta,) if torch.randint(0, 2, ()).item() == 1 else (beta,)
+
+
+@register_nudging("five_point")
+def _five_point(beta: float) -> tuple[float, ...]:
+    """±β and ±2β: the fourth-order centered difference (the five-point stencil, whose centre weight is zero), bias
+    O(β⁴) for four phases. Where float rounding, not the bias, limits a small β, it reaches a given accuracy at a
+    larger, better-conditioned β than ``centered``."""
+    return (2 * beta, beta, -beta, -2 * beta)
+
+
+def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
+    """The β of each nudged phase of the scheme ``nudging`` (:data:`NUDGING_SCHEMES`)."""
+    if nudging not in NUDGING_SCHEMES:
+        raise ValueError(f"unknown nudging scheme {nudging!r}; expected one of {tuple(NUDGING_SCHEMES)}")
+    return NUDGING_SCHEMES[nudging](beta)
+
+
+def contrast_weights(betas: tuple[float, ...] | list[float]) -> tuple[list[float], float]:
+    """The weights ``w_k`` of the phases settled at ``betas`` and ``w_0`` of the free state (β = 0) such that
+    ``Σ w_k G(β_k) + w_0 G(0)`` is ``G'(0)`` of the polynomial through those points: the derivative in β that EP's
+    theorem asks for. Positive: ``(1/β; −1/β)``; centered: ``(1/2β, −1/2β; 0)``.
+
+    These are the Lagrange basis derivatives at a node ``0``: ``L_k'(0) = 1/β_k · Π_{m≠k} β_m / (β_m − β_k)`` and
+    ``L_0'(0) = −Σ_k 1/β_k``.
     """
+    if len(set(betas)) != len(betas) or 0 in betas:
+        raise ValueError(f"nudged phases need distinct nonzero betas, got {tuple(betas)}")
+    weights = []
+    for k, b in enumerate(betas):
+        w = 1 / b
+        for m, other in enumerate(betas):
+            if m != k:
+                w *= other / (other - b)
+        weights.append(w)
+    free = -sum(1 / b for b in sorted(betas, key=abs))  # symmetric schemes cancel exactly, pair by pair
+    return weights, free
 
-    beta: float
-    errors: list[Tensor]
-    steps: int
-    start_energy: float
-    inner: list[InnerErrors | None]
-    energy: float = math.nan
+
+# ---- one block at one state --------------------------------------------------------------------------------------
 
 
 class BlockLinearization(Protocol):
@@ -121,16 +138,16 @@ class AutogradBlock:
 
     ``feed_dtype``: a float32 state enters the block in the dtype the previous block computed in (a bf16 model's
     own dtype; a no-op under autocast or in full precision), differentiably, so VJPs still arrive in float32.
-    ``parameters=False``: a graph for input VJPs only, without what only parameter gradients need (see
-    :class:`~mep_hf.inner_states.ModuleCalls`); the free pass's blocks after the first serve the sweep alone.
+    Subclasses change how the block runs (:meth:`run`).
     """
 
-    def __init__(self, block: Callable[[Tensor], Tensor], state: Tensor, feed_dtype, input_grad: bool,
-                 parameters: bool = True):
-        self.parameters = parameters
-        with torch.enable_grad(), contextlib.nullcontext() if parameters else ModuleCalls(freeze=True):
+    def __init__(self, block: Callable[[Tensor], Tensor], state: Tensor, feed_dtype, input_grad: bool):
+        with torch.enable_grad():
             self.input = state.detach().requires_grad_(input_grad)
-            self.output = block(self.input if feed_dtype is None else self.input.to(feed_dtype))
+            self.output = self.run(block, self.input if feed_dtype is None else self.input.to(feed_dtype))
+
+    def run(self, block: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return block(x)
 
     def vjp(self, e: Tensor) -> Tensor:
         (g,) = torch.autograd.grad(self.output, self.input, e, retain_graph=True)
@@ -143,421 +160,28 @@ class AutogradBlock:
 
     def leaves(self) -> list[Tensor]:
         """The parameters the block's graph reaches."""
-        if not self.parameters:
-            raise RuntimeError("this block's graph was built for input VJPs only (parameters=False)")
         return [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
 
 
-class InnerStatesBlock(AutogradBlock):
-    """A block run with its parameterized modules' outputs as states of their own (:mod:`mep_hf.inner_states`),
-    placed from ``inner`` (a previous sweep's inner errors) when given. ``vjp`` also sets :attr:`inner`, the inner
-    errors it reads off the backward; a block whose modules break the inner-state assumption leaves it ``None`` and
-    is an :class:`AutogradBlock` (block states only)."""
-
-    def __init__(self, block, state: Tensor, feed_dtype, inner: InnerErrors | None = None):
-        self.run = FreeRun(inner)
-        with ModuleCalls(self.run, freeze=True) as calls:  # the contrast re-runs each module for its parameters
-            super().__init__(block, state, feed_dtype, input_grad=True)
-        self.modules, self.inner = calls.modules, None
-        self.usable = self.run.finish(self.output, self.input, calls)
-
-    def vjp(self, e: Tensor) -> Tensor:
-        if not self.usable or not self.run.unchanged():
-            return super().vjp(e)
-        states = self.run.states()
-        wanted = [t for t in states if t is not None]
-        g, *adjoints = torch.autograd.grad(self.output, [self.input, *wanted], e, retain_graph=True, allow_unused=True)
-        adjoints = iter(adjoints)
-        errors = [None if t is None or (a := next(adjoints)) is None else _state(a) for t in states]
-        self.inner = InnerErrors.read_off(self.modules, errors, self.run.fold_into, g)
-        return g
-
-
-def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool,
-                    inner_states: bool = False, inner: InnerErrors | None = None,
-                    parameters: bool = True) -> BlockLinearization:
-    """The block's own analytic linearization where it has one for this state, else :class:`InnerStatesBlock`
-    (``inner_states``, placed from ``inner``) or :class:`AutogradBlock` (``parameters=False``: for input VJPs
-    only)."""
+def closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> BlockLinearization | None:
+    """The block's own analytic linearization at ``state`` (``block.ep_linearize``), where it offers one."""
     analytic = getattr(block, "ep_linearize", None)
-    lin = analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
-    if lin is not None:
-        return lin
-    if inner_states:
-        return InnerStatesBlock(block, state, feed_dtype, inner)
-    return AutogradBlock(block, state, feed_dtype, input_grad, parameters)
+    return analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
 
 
-class RecomputedBlock:
-    """A block run at its state without keeping anything of the run (``memory="low"``): each product re-runs the
-    block at the state, as activation checkpointing does, so a phase holds its states and no graph.
-
-    :func:`linearize` drops ``output`` once a nudged state is placed from it (a second copy of the state).
-    """
-
-    def __init__(self, block, state: Tensor, feed_dtype):
-        self.block, self.state, self.feed_dtype = block, state.detach(), feed_dtype
-        with torch.no_grad():
-            self.output = block(self.state if feed_dtype is None else self.state.to(feed_dtype))
-
-    def vjp(self, e: Tensor) -> Tensor:
-        return linearize_block(self.block, self.state, self.feed_dtype, input_grad=True, parameters=False).vjp(e)
-
-    def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
-        return linearize_block(self.block, self.state, self.feed_dtype, input_grad=False).parameter_grads(e, scale)
+def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool) -> BlockLinearization:
+    """The block's closed form where it has one for this state, else :class:`AutogradBlock`."""
+    return closed_form(block, state, feed_dtype) or AutogradBlock(block, state, feed_dtype, input_grad)
 
 
-@dataclass
-class Linearization:
-    """States ``s_1..s_L``, each block linearized at its input state, and the task loss with its per-sample
-    gradient ``B·∂L/∂s_L`` at ``s_L``.
-
-    The linearizations serve the state VJPs of the next settling step and die with this object; nothing chains
-    them. A sweep that is their last use drops each one once its VJP is taken (``release``), so the free pass
-    costs no memory beyond what the sweep still needs.
-    """
-
-    states: list[Tensor]
-    blocks: list[BlockLinearization]
-    loss: float = math.nan
-    loss_grad: Tensor | None = None
-
-    def vjp(self, l: int, e: Tensor) -> Tensor:
-        """``J_{f_l}(s_{l−1})ᵀ e`` (0-based block ``l``); parameters are not differentiated."""
-        return self.blocks[l].vjp(e)
-
-
-def _state(t: Tensor) -> Tensor:
-    """States are kept in at least float32: under bf16/fp16 autocast the errors are O(β) of the states and would
-    vanish in a half-precision sum, while the blocks themselves still compute in the autocast dtype."""
-    return t.detach().to(torch.promote_types(t.dtype, torch.float32))
-
-
-def linearize(
-    stack: BlockStack,
-    errors: Sequence[Tensor] | None = None,
-    states: Sequence[Tensor] | None = None,
-    memory: str = "fast",
-    inner: Sequence[InnerErrors | None] | None = None,
-):
-    """Run the blocks front to back at given ``states``, or placing ``s_l = f_l(s_{l−1}) + e_l`` from ``errors``
-    (and the inner states from ``inner``).
-
-    With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
-    ``memory="fast"`` gives blocks after the first inner states (:class:`InnerStatesBlock`) unless ``states`` are
-    given (gradient settling works on block states). ``memory="low"`` keeps the states only
-    (:class:`RecomputedBlock`): the VJPs re-run each block when asked.
-    """
-    s, dtype, lin = stack.inputs, None, Linearization([], [])
-    for l, block in enumerate(stack.blocks):
-        if states is not None and l > 0:
-            s = states[l - 1]
-        if memory == "low":
-            b = RecomputedBlock(block, s, dtype)
-        else:  # s_0 is clamped: no VJP into it is needed, and block 1 keeps its block state
-            b = linearize_block(block, s, dtype, input_grad=l > 0, inner_states=l > 0 and states is None,
-                                inner=None if inner is None else inner[l], parameters=l == 0)
-        lin.blocks.append(b)
-        own_error = errors is not None and (inner is None or inner[l] is None)  # inner states: none of its own
-        s = _state(b.output) + errors[l] if own_error else _state(b.output)
-        dtype = b.output.dtype
-        if memory == "low" and errors is not None:
-            b.output = None  # the state holds what matters; the output would be a second copy
-        lin.states.append(s)
-    if states is not None:
-        lin.states = [t.detach() for t in states]
-    with torch.enable_grad():
-        last = lin.states[-1].detach().requires_grad_(True)
-        loss = stack.loss(last)
-        (grad,) = torch.autograd.grad(loss, last)
-    lin.loss, lin.loss_grad = float(loss.detach()), grad * stack.batch_size
-    return lin
-
-
-def free_phase(stack: BlockStack, memory: str = "fast") -> Linearization:
-    """The β = 0 equilibrium: the feed-forward pass, kept linearized for the first settling step with each block's
-    inner states (``memory="fast"``), or as its block states only, re-linearized block by block when the sweep
-    needs them (``"low"``)."""
-    if memory not in MEMORY_MODES:
-        raise ValueError(f"unknown memory mode {memory!r}; expected one of {MEMORY_MODES}")
-    return linearize(stack, memory=memory)
-
-
-def _norms(tensors: Sequence[Tensor]) -> Tensor:
-    """``‖t‖`` of each tensor, as one float64 tensor on their device (nothing is read back)."""
-    return torch.stack(torch._foreach_norm([t.detach() for t in tensors])).double()
-
-
-def _sum_squares(errors: Sequence[Tensor]) -> list[float]:
-    """``‖t‖²`` of each tensor, read back in one device sync."""
-    return _norms(errors).square().tolist()
-
-
-def _sweep(lin: Linearization, beta: float, release: bool = False) -> tuple[list[Tensor], list[InnerErrors | None]]:
-    """Back to front: each error (and inner error) set to its stationarity value given the layer above. With
-    ``release`` the linearization is consumed on the way (all but block 1's, which the contrast reuses)."""
-    errors, inner = [-beta * lin.loss_grad], [None] * len(lin.blocks)
-    for l in range(len(lin.blocks) - 1, 0, -1):
-        errors.insert(0, lin.vjp(l, errors[0]))
-        inner[l] = getattr(lin.blocks[l], "inner", None)
-        if release:
-            lin.blocks[l] = lin.states[l] = None
-    return errors, inner
-
-
-def _layer_energies(errors: Sequence[Tensor], inner: Sequence[InnerErrors | None], batch_size: int) -> list[float]:
-    """Each layer's ``½‖e_l‖²/B``, or, for a block with inner states, its inner errors' terms."""
-    owners = [(l, e) for l, e in enumerate(errors) if inner[l] is None]
-    owners += [(l, e) for l, block in enumerate(inner) if block is not None for e in block.tensors()]
-    layers = [0.0] * len(errors)
-    for (l, _), v in zip(owners, _sum_squares([e for _, e in owners])):
-        layers[l] += 0.5 * v / batch_size
-    return layers
-
-
-def _gradient_step(lin: Linearization, errors, beta: float, lr: float) -> list[Tensor]:
-    """One synchronous step of ``s ← s − lr·B·∂F/∂s`` (``B·∂F/∂s_l = e_l − J_{f_{l+1}}ᵀ e_{l+1}``)."""
-    grads = [e - lin.vjp(l + 1, errors[l + 1]) for l, e in enumerate(errors[:-1])]
-    grads.append(errors[-1] + beta * lin.loss_grad)
-    return [s - lr * g for s, g in zip(lin.states, grads)]
-
-
-def _energy(errors: Sequence[Tensor], inner: Sequence[InnerErrors | None], loss: float, beta: float,
-            batch_size: int) -> tuple[float, list[float]]:
-    """F = Σ_l ½‖e_l‖²/B + β·L, and the per-layer terms (for divergence reports)."""
-    layers = _layer_energies(errors, inner, batch_size)
-    return sum(layers) + beta * loss, layers
-
-
-def energy_diverged(energy: float, start: float, threshold: float) -> bool:
-    """The divergence rule every family uses: the energy is non-finite, or grew past ``start + threshold·|start|``."""
-    return not math.isfinite(energy) or energy - start > threshold * max(abs(start), 1e-12)
-
-
-def check_energy(energy: float, start: float, layers: Sequence[float], step: int, beta: float, threshold: float):
-    """Raise when settling diverged (:func:`energy_diverged`)."""
-    if not energy_diverged(energy, start, threshold):
-        return
-    bad = [i for i, v in enumerate(layers) if not math.isfinite(v)]
-    layer = bad[0] if bad else max(range(len(layers)), key=layers.__getitem__)
-    what = "became non-finite" if not math.isfinite(energy) else f"grew from {start:.4g} to {energy:.4g}"
-    raise SettlingDivergedError(
-        f"settling diverged at step {step} (beta={beta:g}): the energy {what}; layer {layer + 1} of "
-        f"{len(layers)} has the largest prediction error (energy {layers[layer]:.4g}). "
-        "The parameters are not to blame (the feed-forward loss is finite and within the guard): settling itself "
-        "diverged. Lower ep_beta, or ep_settle_steps / ep_settle_lr with ep_settle_mode='gradient'."
-    )
-
-
-def settle(stack: BlockStack, free: Linearization, beta: float, config: SettleConfig, errors=None) -> Phase:
-    """Settle one nudged phase from the free state.
-
-    Stops after ``config.steps`` steps, or once the largest relative change of the errors ``‖Δe_l‖/‖e_l‖`` falls
-    below ``config.tol``. ``errors``: the first sweep's result when the caller already has it (see
-    :func:`nudged_phases`), as ``(errors, inner errors)``; it counts as step 1.
-    """
-    lin = free
-    start = beta * lin.loss
-    first = 1 if errors is None else 2
-    errors, inner = ([torch.zeros_like(s) for s in lin.states], [None] * len(lin.states)) if errors is None else errors
-    steps = first - 1
-    for steps in range(first, config.steps + 1):
-        if config.mode == "sweep":
-            if steps > 1:  # place the states the last sweep's errors define (the last placement is the contrast's)
-                lin = linearize(stack, errors=errors, memory=config.memory, inner=inner)
-                energy, layers = _energy(errors, inner, lin.loss, beta, stack.batch_size)
-                check_energy(energy, start, layers, steps - 1, beta, config.divergence_threshold)
-            new_errors, inner = _sweep(lin, beta)
-        else:
-            lin = linearize(stack, states=_gradient_step(lin, errors, beta, config.lr), memory=config.memory)
-            new_errors = [s - _state(b.output) for s, b in zip(lin.states, lin.blocks)]
-            energy, layers = _energy(new_errors, inner, lin.loss, beta, stack.batch_size)
-            check_energy(energy, start, layers, steps, beta, config.divergence_threshold)
-        if config.tol > 0:
-            change = _sum_squares([n - e for n, e in zip(new_errors, errors)])
-            size = _sum_squares(new_errors)
-            moved = max(math.sqrt(c / (n + 1e-30)) for c, n in zip(change, size))
-        errors = new_errors
-        if config.tol > 0 and moved < config.tol:
-            break
-    return Phase(beta=beta, errors=[e.detach() for e in errors], steps=steps, start_energy=start, inner=inner)
-
-
-@dataclass(frozen=True)
-class ScaleFreeBeta:
-    """β chosen each step so that the nudge moves no state by more than ``displacement`` of the state's own size.
-
-    Why: EP's bias comes from evaluating each layer's Jacobian at the nudged state instead of the free one, so it
-    is set by how far the states move *relative to their own scale*, not by β itself. The same β displaces the
-    logits of an MLP by 1e-4 of their size and a Llama's small residual stream (behind RMSNorm's curvature) a
-    hundred times more; a mean over tokens shrinks the per-token nudge by the token count. The first sweep from
-    the free state is linear in β, so it runs once at β = 1 and its errors are scaled by
-    ``β = displacement / max_l ‖u_l‖/‖s_l‖`` (``u_l``: the unit sweep's error at block ``l``): no extra work, and
-    the same default is exact enough on every model (``docs/defaults.md``). The errors are stored, never formed as
-    differences of states, so a small displacement costs no precision, in float32 or under autocast.
-    """
-
-    displacement: float = 1e-4
-
-    def resolve(self, errors: Sequence[Tensor], state_norms: Tensor) -> float:
-        """β for a unit sweep's ``errors`` at states of norms ``state_norms`` (:func:`_norms`), read back in one
-        device sync."""
-        error_norms = _norms(errors)
-        ratios = torch.where(state_norms > 0, error_norms / state_norms, torch.zeros_like(error_norms))
-        largest = float(ratios.max())
-        return self.displacement / largest if largest > 0 and math.isfinite(largest) else 1.0
-
-
-def nudging_betas(beta: float, nudging: str) -> tuple[float, ...]:
-    """The β of each nudged phase: ``(β,)`` (positive), ``(β, −β)`` (centered), or ``(±β,)`` with the sign drawn
-    from torch's global RNG (random_sign: one phase, whose O(β) bias changes sign from step to step and averages
-    out; Laborieux et al. 2021)."""
-    if nudging not in NUDGING_MODES:
-        raise ValueError(f"unknown nudging mode {nudging!r}; expected one of {NUDGING_MODES}")
-    if nudging == "centered":
-        return (beta, -beta)
-    if nudging == "random_sign" and torch.randint(0, 2, ()).item() == 1:
-        return (-beta,)
-    return (beta,)
-
-
-def _scaled(sweep: tuple[list[Tensor], list[InnerErrors | None]], factor: float):
-    """A sweep's errors (and inner errors) times ``factor``, as new tensors: the first sweep is linear in β."""
-    errors, inner = sweep
-    return [e * factor for e in errors], [None if block is None else block * factor for block in inner]
-
-
-def _scale_(sweep: tuple[list[Tensor], list[InnerErrors | None]], factor: float):
-    """The same in place, so that resolving a :class:`ScaleFreeBeta` costs no second copy of the errors. Autograd
-    may hand one gradient tensor to several errors (both sides of a residual sum): each memory region is scaled
-    once; tensors that are other views of a storage already in the list are scaled out of place instead."""
-    errors, inner = sweep
-    regions: dict[tuple, Tensor] = {}
-    storages: dict[int, tuple] = {}
-
-    def scale(t: Tensor) -> Tensor:
-        region = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-        if region in regions:
-            return regions[region]
-        if storages.setdefault(region[0], region) != region:
-            return t * factor
-        regions[region] = t.mul_(factor)
-        return t
-
-    errors = [scale(e) for e in errors]
-    for block in inner:
-        if block is not None:
-            block.errors = [None if e is None else scale(e) for e in block.errors]
-    return errors, inner
-
-
-def nudged_phases(stack: BlockStack, free: Linearization, beta: float | ScaleFreeBeta, nudging: str,
-                  config: SettleConfig):
-    """The nudged phases a contrast needs (:func:`nudging_betas`), from one free pass.
-
-    With sweep settling, the first sweep from the free state is linear in β: it runs once, consuming the free
-    pass's block linearizations (all but block 1's), and each phase starts from it scaled by its own β (a
-    :class:`ScaleFreeBeta` is resolved from that same sweep, run at β = 1).
-    """
-    unit = None
-    if isinstance(beta, ScaleFreeBeta):
-        state_norms = _norms(free.states)  # before the sweep releases the states
-        unit = _sweep(free, 1.0, release=config.mode == "sweep")
-        beta = beta.resolve(unit[0], state_norms)
-    betas = nudging_betas(beta, nudging)
-    if config.mode != "sweep":
-        return [settle(stack, free, b, config) for b in betas]
-    first = _sweep(free, betas[0], release=True) if unit is None else _scale_(unit, betas[0])
-    del unit
-    starts = [first] + [_scaled(first, b / betas[0]) for b in betas[1:]]
-    return [settle(stack, free, b, config, errors=e) for b, e in zip(betas, starts)]
-
-
-@dataclass
-class Contrast:
-    """The EP contrast ΔL for settled phases; call it on a :class:`BlockStack` to get the scalar.
-
-    Models call it from their ``forward(..., ep_contrast=...)`` so that, under DDP, the contrast runs through the
-    wrapped model's forward and gradients are all-reduced as for any loss. While placing each phase's states it
-    records the phase's final energy and checks that settling did not diverge. ``first_block`` is the free
-    pass's linearization of block 1 when the caller kept it (``s_0`` is clamped, so it serves every phase).
-    ``grad_scale`` is the loss scale the caller's backward will apply (fp16 ``GradScaler``): the layer gradients
-    are taken at that scale so that half-precision blocks do not underflow, and the backward divides it out again.
-    ``loss``: the loss the phases were settled with, when it is not the stack's own (``EPTrainer`` nudges with
-    Trainer's loss); the final energies use it.
-    """
-
-    phases: list[Phase]
-    divergence_threshold: float = SettleConfig.divergence_threshold
-    first_block: BlockLinearization | None = None
-    grad_scale: float = 1.0
-    loss: Callable[[Tensor], Tensor] | None = None
-
-    def __call__(self, stack: BlockStack) -> Tensor:
-        """Place the states front to back and take each layer's parameter gradient as soon as its prediction
-        exists, so nothing outlives its layer: the peak holds the not-yet-placed errors and the gradients.
-
-        ``E(s; θ)`` with the states held constant has the layer-local gradient ``∂/∂θ_l ½‖s_l − f_l(s_{l−1})‖²
-        = −(∂f_l/∂θ_l)ᵀ e_l``. The states are built in the errors' own storage: the phases are consumed.
-        """
-        betas = [p.beta for p in self.phases]
-        weights = [1 / betas[0]] if len(betas) == 1 else [1 / (betas[0] - betas[1]), -1 / (betas[0] - betas[1])]
-        layers = [_layer_energies(p.errors, p.inner, stack.batch_size) for p in self.phases]
-        states = [stack.inputs.detach()] * len(self.phases)
-        dtypes = [None] * len(self.phases)  # dtype the previous block computed in, per phase
-        grads: dict[Tensor, Tensor] = {}
-        scale = -self.grad_scale / stack.batch_size
-        for l, block in enumerate(stack.blocks):
-            self._place_layer(l, block, states, dtypes, [w * scale for w in weights], grads)
-        with torch.no_grad():
-            losses = [float((self.loss or stack.loss)(s)) for s in states]
-        for phase, phase_layers, loss in zip(self.phases, layers, losses):
-            phase.energy = sum(phase_layers) + phase.beta * loss
-            check_energy(
-                phase.energy, phase.start_energy, phase_layers, phase.steps, phase.beta, self.divergence_threshold
-            )
-        value = sum(w * sum(phase_layers) for w, phase_layers in zip(weights, layers))
-        dtype = torch.promote_types(stack.inputs.dtype, torch.float32)
-        value = torch.tensor(value, dtype=dtype, device=stack.inputs.device)
-        return _LayerGradients.apply(value, self.grad_scale, list(grads.values()), *grads)
-
-    def _place_layer(self, l: int, block, states: list, dtypes: list, weights: list[float], grads: dict) -> None:
-        """Layer ``l`` of every phase: add its parameter gradient (phase ``p`` weighted by ``weights[p]``) into
-        ``grads``, then place its state in storage the phase no longer needs. All else of the layer dies with this
-        call, and each phase's layer is done before the next phase's is built."""
-        if l == 0 and self.first_block is not None:  # s_0 is clamped: f_1(s_0) is the same in every phase
-            self.first_block, first = None, self.first_block
-            errors = [p.errors[l] for p in self.phases]
-            combined = errors[0] if len(errors) == 1 else errors[0].add(errors[1], alpha=weights[1] / weights[0])
-            _accumulate(grads, first.parameter_grads(combined, weights[0]))
-            del errors, combined
-            placed = [(phase.errors[l].add_(first.output.detach()), first.output.dtype) for phase in self.phases]
-        else:
-            placed = []
-            for phase, s, d, w in zip(self.phases, states, dtypes, weights):
-                e = phase.errors[l]
-                if phase.inner[l] is not None:  # each module's contrast (mep_hf.inner_states)
-                    output, pairs = place_and_contrast(lambda: block(s if d is None else s.to(d)), phase.inner[l], w)
-                    phase.inner[l] = None
-                    # The block's output is a function of its inner states: it has no error of its own.
-                    placed.append((e.copy_(output), output.dtype))
-                else:
-                    prediction = linearize_block(block, s, d, input_grad=False)
-                    pairs = prediction.parameter_grads(e, w)
-                    placed.append((e.add_(prediction.output.detach()), prediction.output.dtype))
-                    del prediction  # its graph is spent: the next phase's is built without it
-                _accumulate(grads, pairs)
-        for p, (state, dtype) in enumerate(placed):
-            states[p], dtypes[p], self.phases[p].errors[l] = state, dtype, None
-
-
-def _accumulate(grads: dict[Tensor, Tensor], pairs: list[tuple[Tensor, Tensor]]) -> None:
-    """Add ``(parameter, gradient)`` pairs into ``grads`` (a parameter used by several blocks adds up)."""
-    for parameter, g in pairs:
-        if parameter in grads:
-            grads[parameter] += g
-        else:
-            grads[parameter] = g
+def parameter_grads(output: Tensor, params: list[Tensor], e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
+    """``scale · J_θ(output)ᵀ e`` as ``(parameter, gradient)`` pairs. The scale goes on the parameter-sized
+    gradients (no error-sized copy), except in float16, where it goes on the error so that the backward of a
+    half-precision block runs at the loss scale and does not underflow."""
+    if output.dtype == torch.float16:
+        return list(zip(params, torch.autograd.grad(output, params, (e * scale).to(output.dtype), allow_unused=True)))
+    grads = torch.autograd.grad(output, params, e.to(output.dtype), allow_unused=True)
+    return [(p, g if g is None else g.mul_(scale)) for p, g in zip(params, grads)]
 
 
 def _graph_leaves(roots) -> list[Tensor]:
@@ -575,7 +199,19 @@ def _graph_leaves(roots) -> list[Tensor]:
     return list(leaves)
 
 
-class _LayerGradients(torch.autograd.Function):
+# ---- the contrast's gradients ----------------------------------------------------------------------------------------
+
+
+def accumulate(grads: dict[Tensor, Tensor], pairs: list[tuple[Tensor, Tensor]]) -> None:
+    """Add ``(parameter, gradient)`` pairs into ``grads`` (a parameter used by several blocks adds up)."""
+    for parameter, g in pairs:
+        if parameter in grads:
+            grads[parameter] += g
+        else:
+            grads[parameter] = g
+
+
+class LayerGradients(torch.autograd.Function):
     """The contrast's value, whose backward hands out the layer gradients computed while placing the states
     (times the incoming gradient, over ``grad_scale``) instead of differentiating a graph kept for the purpose.
 
@@ -594,3 +230,28 @@ class _LayerGradients(torch.autograd.Function):
             raise RuntimeError("the EP contrast was already backpropagated; its layer gradients are consumed")
         factor = float(grad) / ctx.grad_scale  # a Python number: one read-back, and no work at all when it is 1
         return (None, None, None, *(g if factor == 1 else g.mul_(factor) for g in grads))
+
+
+def contrast_value(value: float, grad_scale: float, grads: dict[Tensor, Tensor], like: Tensor) -> Tensor:
+    """The contrast's scalar ``value`` (a tensor of ``like``'s device, at least float32) carrying ``grads``."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    value = torch.tensor(value, dtype=dtype, device=like.device)
+    return LayerGradients.apply(value, grad_scale, list(grads.values()), *grads)
+
+
+__all__ = [
+    "NUDGING_SCHEMES",
+    "AutogradBlock",
+    "BlockLinearization",
+    "LayerGradients",
+    "SettlingDivergedError",
+    "accumulate",
+    "closed_form",
+    "contrast_value",
+    "contrast_weights",
+    "energy_diverged",
+    "linearize_block",
+    "nudging_betas",
+    "parameter_grads",
+    "register_nudging",
+]

@@ -13,7 +13,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .block_stack import BlockStack
+from .block_stack import BlockStack, routes_ep_contrast
 
 TASK_LOSSES = ("cross_entropy", "mse")
 
@@ -126,8 +126,9 @@ def refuse_pickle_weights():
 
 
 class EPPreTrainedModel(PreTrainedModel):
-    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and
-    ``forward(..., ep_contrast=c)`` returns ``c(self.ep_stack(...))`` so the contrast runs inside (DDP's) forward."""
+    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and a
+    ``forward`` decorated with :func:`~mep_hf.block_stack.routes_ep_contrast` runs EP's contrast inside (DDP's)
+    forward when the trainer passes ``ep_contrast=``."""
 
     def ep_stack(self, **inputs) -> BlockStack:
         raise NotImplementedError(f"{type(self).__name__} must define ep_stack(**inputs) -> BlockStack")
@@ -173,10 +174,9 @@ class ImageBlockChainMixin:
         loss = None if labels is None else classification_loss(self.config.loss, logits, labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
-    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, ep_contrast=None, **kwargs):
-        """The free phase (an ordinary forward pass), or, given ``ep_contrast``, the EP contrast of this batch."""
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(pixel_values, labels))
+    @routes_ep_contrast
+    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **kwargs):
+        """The free phase: an ordinary forward pass."""
         s = self._pixels(pixel_values)
         for block in self.blocks:
             s = block(s)

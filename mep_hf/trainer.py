@@ -23,8 +23,9 @@ from transformers.trainer_utils import unwrap_peft_model
 from .adapters import prepare_ep_model
 from .audit import GradientAudit, agreement
 from .checkpointing import AtomicCheckpointMixin
-from .energies import resolve_energy
-from .equilibrium import BlockStack, SettlingDivergedError
+from .block_stack import BlockStack
+from .energies import energy_settings, resolve_energy
+from .equilibrium import SettlingDivergedError
 from .guard import UPDATE_KNOBS, LossGuard, TrainingDivergedError
 from .hub import EPModelCardMixin, EPRemoteCodeMixin
 from .training_args import EPTrainingArguments
@@ -73,7 +74,8 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
     """Drop-in ``Trainer`` whose parameter gradients come from EP settling instead of backprop.
 
     Expects :class:`EPTrainingArguments` and a model with ``ep_stack(**inputs) -> BlockStack`` whose ``forward``
-    accepts ``ep_contrast=`` (see :mod:`mep_hf.models`). Evaluation and prediction use the ordinary forward.
+    is decorated with :func:`~mep_hf.block_stack.routes_ep_contrast` (EP-native models; stock models get both from
+    :func:`~mep_hf.adapters.prepare_ep_model`). Evaluation and prediction use the ordinary forward.
 
     Another Trainer subclass gets EP by coming after it: ``class X(EPTrainer, OtherTrainer)`` nudges with
     ``OtherTrainer.compute_loss`` (``mep_hf.trl.EPSFTTrainer`` is TRL's ``SFTTrainer`` so composed). The other order
@@ -105,7 +107,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         _check_label_columns(train_dataset, self.label_names)
         # The energy family the model declares (mep_hf.energies); an explicit args.ep_energy must agree.
         self._energy = resolve_energy(self.args.ep_energy, self.model)
-        self._energy.check_config(self.args.settle_config)
+        self._settings = energy_settings(self._energy, self.args)  # validated by the family; others' flags refused
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
@@ -193,7 +195,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         args, unwrapped = self.args, self._unwrapped(model)
         was_training = unwrapped.training
         # Every phase must evaluate the same energy. Models that share one dropout mask per step across phases
-        # (the stock-model adapters, mep_hf.dropout) stay in train mode; for the others dropout-like train-mode
+        # (the stock-model adapters, mep_hf.adapters.dropout) stay in train mode; for the others dropout-like train-mode
         # behaviour is off during the EP step.
         if not getattr(unwrapped, "ep_shares_dropout", False):
             unwrapped.eval()
@@ -205,7 +207,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             stack: BlockStack = unwrapped.ep_stack(**inputs)
             trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
             stack.loss = trainer_loss
-            energy, config = self._energy, args.settle_config
+            energy, config = self._energy, self._settings
             free = energy.free_phase(stack, config)
             free_loss = free.loss
             self._guard_against_divergence(free_loss)

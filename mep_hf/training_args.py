@@ -10,7 +10,9 @@ import torch
 from transformers import TrainingArguments
 
 from .energies import ENERGIES
-from .equilibrium import MEMORY_MODES, NUDGING_MODES, SETTLE_MODES, ScaleFreeBeta, SettleConfig
+from .energies.layered import ScaleFreeBeta, SettleConfig
+from .energies.settings import from_arguments
+from .equilibrium import NUDGING_SCHEMES
 
 
 @dataclass
@@ -32,8 +34,10 @@ class EPTrainingArguments(TrainingArguments):
     ep_nudging: str | None = field(
         default=None,
         metadata={"help": "'positive' (one +β phase, O(β) bias, cheapest), 'centered' (±β phases, O(β²) bias, "
-                          "a second contrast) or 'random_sign' (one phase, β's sign drawn each step). Default "
-                          "(unset): the energy family's ('positive' for layered, 'centered' for hopfield)."},
+                          "a second contrast), 'random_sign' (one phase, β's sign drawn each step) or 'five_point' "
+                          "(±β, ±2β: O(β⁴) bias, four phases); any scheme registered with "
+                          "mep_hf.equilibrium.register_nudging. Default (unset): the energy family's ('positive' for "
+                          "layered, 'centered' for hopfield)."},
     )
     ep_energy: str | None = field(
         default=None,
@@ -51,23 +55,23 @@ class EPTrainingArguments(TrainingArguments):
                           "config's nudged_steps). The layered energy uses ep_settle_steps."},
     )
     ep_settle_mode: str = field(
-        default="sweep",
+        default=SettleConfig.mode,
         metadata={"help": "'sweep' (back-to-front error sweep, exact to first order per sweep) or 'gradient'."},
     )
     ep_settle_steps: int = field(
-        default=1,
+        default=SettleConfig.steps,
         metadata={"help": "Maximum settling steps (sweeps) per nudged phase. One sweep from the free state is exact "
                           "to first order in β; more only help at a large β."},
     )
     ep_settle_lr: float = field(
-        default=0.2, metadata={"help": "State step size for ep_settle_mode='gradient' (unused by 'sweep')."}
+        default=SettleConfig.lr, metadata={"help": "State step size for ep_settle_mode='gradient' (unused by 'sweep')."}
     )
     ep_settle_tol: float = field(
-        default=0.0,
+        default=SettleConfig.tol,
         metadata={"help": "Stop settling early once the largest relative state change ‖Δs‖/‖s‖ falls below this (0 = off)."},
     )
     ep_memory: str = field(
-        default="fast",
+        default=SettleConfig.memory,
         metadata={"help": "'fast': keep each block's graph from the free pass for the first sweep, and give every "
                           "parameterized module inside a block a state of its own, so the contrast needs each module "
                           "alone instead of a backward of the block (memory about backprop's); 'low': keep block "
@@ -75,7 +79,7 @@ class EPTrainingArguments(TrainingArguments):
                           "checkpointed backprop)."},
     )
     ep_divergence_threshold: float = field(
-        default=10.0,
+        default=SettleConfig.divergence_threshold,
         metadata={"help": "Settling is declared diverged when the energy exceeds its start by this many times its size."},
     )
     ep_loss_guard_factor: float = field(
@@ -127,8 +131,9 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"ep_beta must be a finite number > 0 or None (scale-free), got {self.ep_beta!r}")
         if not _is_number(self.ep_nudge_displacement) or not 0 < self.ep_nudge_displacement < 1:
             raise ValueError(f"ep_nudge_displacement must be in (0, 1), got {self.ep_nudge_displacement!r}")
-        if self.ep_nudging is not None and self.ep_nudging not in NUDGING_MODES:
-            raise ValueError(f"ep_nudging must be one of {NUDGING_MODES} or None (the family's), got {self.ep_nudging!r}")
+        if self.ep_nudging is not None and self.ep_nudging not in NUDGING_SCHEMES:
+            raise ValueError(f"ep_nudging must be one of {tuple(NUDGING_SCHEMES)} or None (the family's), got "
+                             f"{self.ep_nudging!r}")
         if isinstance(self.ep_audit_steps, bool) or not (isinstance(self.ep_audit_steps, int) and self.ep_audit_steps >= 0):
             raise ValueError(f"ep_audit_steps must be an integer >= 0 (0 = off), got {self.ep_audit_steps!r}")
         if not _is_number(self.ep_audit_min_cosine) or not -1 <= self.ep_audit_min_cosine <= 1:
@@ -137,24 +142,8 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"ep_audit_max_rel_error must be > 0, got {self.ep_audit_max_rel_error!r}")
         if self.ep_energy is not None and self.ep_energy not in ENERGIES:
             raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {self.ep_energy!r}")
-        for name in ("ep_free_steps", "ep_nudged_steps"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and value >= 1)):
-                raise ValueError(f"{name} must be an integer >= 1 or None (the model's), got {value!r}")
-        if self.ep_settle_mode not in SETTLE_MODES:
-            raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {self.ep_settle_mode!r}")
-        if self.ep_memory not in MEMORY_MODES:
-            raise ValueError(f"ep_memory must be one of {MEMORY_MODES}, got {self.ep_memory!r}")
-        if isinstance(self.ep_settle_steps, bool) or not (
-            isinstance(self.ep_settle_steps, int) and self.ep_settle_steps >= 1
-        ):
-            raise ValueError(f"ep_settle_steps must be an integer >= 1, got {self.ep_settle_steps!r}")
-        if not (math.isfinite(self.ep_settle_lr) and 0 < self.ep_settle_lr <= 1):
-            raise ValueError(f"ep_settle_lr must be in (0, 1], got {self.ep_settle_lr!r}")
-        if not (math.isfinite(self.ep_settle_tol) and self.ep_settle_tol >= 0):
-            raise ValueError(f"ep_settle_tol must be >= 0, got {self.ep_settle_tol!r}")
-        if not (math.isfinite(self.ep_divergence_threshold) and self.ep_divergence_threshold > 0):
-            raise ValueError(f"ep_divergence_threshold must be > 0, got {self.ep_divergence_threshold!r}")
+        for family in ENERGIES.values():  # each family validates the flags it reads
+            from_arguments(family.settings_type, self)
         if isinstance(self.ep_loss_guard_factor, bool) or not (
             isinstance(self.ep_loss_guard_factor, (int, float)) and math.isfinite(self.ep_loss_guard_factor)
             and (self.ep_loss_guard_factor == 0 or self.ep_loss_guard_factor > 1)
@@ -173,19 +162,6 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"mep_optimizer_options must be a dict, got {type(self.mep_optimizer_options).__name__}")
         if self.mep_optimizer_options and self.mep_optimizer is None:
             raise ValueError("mep_optimizer_options were given but no mep_optimizer preset is set")
-
-    @property
-    def settle_config(self) -> SettleConfig:
-        return SettleConfig(
-            steps=self.ep_settle_steps,
-            mode=self.ep_settle_mode,
-            lr=self.ep_settle_lr,
-            tol=self.ep_settle_tol,
-            divergence_threshold=self.ep_divergence_threshold,
-            memory=self.ep_memory,
-            free_steps=self.ep_free_steps,
-            nudged_steps=self.ep_nudged_steps,
-        )
 
 
 def _is_number(value) -> bool:

@@ -24,13 +24,13 @@ from datasets import Dataset
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel, Trainer, TrainingArguments
 
-import mep_hf.equilibrium as equilibrium
+import mep_hf.energies.layered as layered
 from mep_hf import EPTrainer, SettleConfig, free_phase, nudged_phases
 from mep_hf.adapters import FAMILIES, MODEL_TYPES, ModelType, prepare_ep_model, register_adapter_family
 from mep_hf.adapters import register_model_type, supported_models
 from mep_hf.adapters.check import backprop_gradients, check_against_backprop, ep_gradients, mismatches
 from mep_hf.adapters.heads import Head
-from mep_hf.equilibrium import Contrast
+from mep_hf.energies.layered import Contrast
 from tests.adapter_models import CASES, tiny_batch, tiny_model
 from tests.conftest import toy_args
 
@@ -214,15 +214,15 @@ def test_lora_trains_only_adapter_weights_and_round_trips_through_peft(tmp_path,
 
     model = lora_model("llama", "causal-lm", torch.float32)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    # Every gradient the EP contrast forms goes through _accumulate: record which tensors got one.
+    # Every gradient the EP contrast forms goes through accumulate: record which tensors got one.
     got_gradient = set()
-    accumulate = equilibrium._accumulate
+    accumulate = layered.accumulate
 
     def recording(grads, pairs):
         got_gradient.update(id(p) for p, _ in pairs)
         return accumulate(grads, pairs)
 
-    monkeypatch.setattr(equilibrium, "_accumulate", recording)
+    monkeypatch.setattr(layered, "accumulate", recording)
     data = lm_rows(model, n=16)
     trainer = EPTrainer(model=model, args=toy_args(tmp_path, max_steps=4, learning_rate=5e-2, ep_beta=1e-3,
                                                    ep_nudging="centered", ep_settle_steps=2), train_dataset=data)

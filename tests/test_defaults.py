@@ -8,7 +8,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from mep_hf import EPTrainer, EPTrainingArguments, GradientAuditError, ScaleFreeBeta
-from mep_hf import equilibrium as eq
+from mep_hf.energies import energy_settings
+from mep_hf.energies import layered as eq
 from mep_hf.adapters import prepare_ep_model
 from mep_hf.adapters.check import backprop_gradients
 from mep_hf.audit import agreement
@@ -33,7 +34,7 @@ def default_gradients(model, batch, args, **overrides):
     layered = get_energy("layered")
     beta = overrides.get("beta", layered.default_beta(args.ep_nudge_displacement))
     nudging = overrides.get("nudging", args.ep_nudging)
-    config = args.settle_config if "steps" not in overrides else eq.SettleConfig(steps=overrides["steps"])
+    config = energy_settings(layered, args) if "steps" not in overrides else eq.SettleConfig(steps=overrides["steps"])
     stack = model.ep_stack(**batch)
     phases = eq.nudged_phases(stack, eq.free_phase(stack, config.memory), beta,
                               nudging or layered.default_nudging, config)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mep_hf import BlockStack, EPMLPConfig, EPMLPForImageClassification, SettleConfig, free_phase, nudged_phases
-from mep_hf.equilibrium import MEMORY_MODES, Contrast
+from mep_hf.energies.layered import MEMORY_MODES, Contrast
 
 COS_MIN, REL_MAX = 0.9999, 1e-4
 
@@ -128,6 +128,33 @@ def test_one_sided_nudging_is_biased_to_first_order():
     pos_big, pos_small = error(0.2, "positive"), error(0.1, "positive")
     assert 1.6 < pos_big / pos_small < 2.4  # first order: halving beta halves the error
     assert error(0.1, "centered") < 0.2 * pos_small
+
+
+def test_five_point_nudging_is_exact_to_fourth_order():
+    """The scheme added through the registry alone (±β, ±2β; its weights come from ``contrast_weights``): at a β
+    where centered nudging's O(β²) bias fails the bound, the five-point stencil's O(β⁴) bias passes it, and halving
+    β divides its error by about 16. Both memory modes."""
+    torch.manual_seed(0)
+    model = EPMLPForImageClassification(
+        EPMLPConfig(input_size=50, hidden_sizes=[64, 48, 32], activation="tanh", num_labels=7)
+    ).double()
+    x, y = torch.rand(12, 50, dtype=torch.float64), torch.randint(0, 7, (12,))
+    stack = model.ep_stack(pixel_values=x, labels=y)
+    params = list(model.parameters())
+    config = SettleConfig(steps=40)  # settled to float64 precision: only the nudging's bias remains
+
+    def worst(beta, nudging):
+        cos, rel = compare(params, stack, lambda c: c(stack), beta=beta, config=config, nudging=nudging)
+        print(f"{nudging} beta={beta}: min cosine {min(cos):.12f}, max relative error {max(rel):.3g}")
+        return cos, rel
+
+    centered = worst(0.02, "centered")
+    with pytest.raises(AssertionError):  # the negative control: the same β, second order
+        assert_match(*centered)
+    five, five_half = worst(0.02, "five_point"), worst(0.01, "five_point")
+    assert_match(*five)
+    assert max(five[1]) < 0.05 * max(centered[1])
+    assert 8 < max(five[1]) / max(five_half[1]) < 32  # fourth order: halving β divides the error by 16
 
 
 def test_convnet_model_gradients_match_backprop():

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from mep_hf import equilibrium as eq
+from mep_hf.block_stack import BlockStack
+from mep_hf.energies import layered as eq
 from mep_hf.adapters import prepare_ep_model
 from mep_hf.adapters.check import check_against_backprop
-from mep_hf.inner_states import FreeRun
+from mep_hf.energies.inner_states import FreeRun
 from tests.adapter_models import tiny_batch, tiny_model
 from tests.test_gradient_equivalence import _generic_stack_grads, assert_match
 
@@ -21,7 +22,7 @@ def _layer_folds(model_type: str) -> dict[str, str | None]:
     layer = eq.free_phase(stack, "fast").blocks[1]
     assert layer.usable
     names = {m: n.rsplit(".", 1)[-1] for n, m in model.named_modules()}
-    return {names[m]: names[layer.modules[layer.run.fold_into[k]]] if k in layer.run.fold_into else None
+    return {names[m]: names[layer.modules[layer.free_run.fold_into[k]]] if k in layer.free_run.fold_into else None
             for k, m in enumerate(layer.modules)}
 
 
@@ -46,7 +47,7 @@ def test_without_folding_post_norm_states_leave_the_linear_regime(monkeypatch):
     model = prepare_ep_model(tiny_model("olmo2", "causal-lm").double()).eval()
     batch = tiny_batch("olmo2", "causal-lm", model)
     assert check_against_backprop(model, batch, beta=1e-5, sweeps=3) == []
-    monkeypatch.setattr("mep_hf.inner_states.is_normalization", lambda module: False)
+    monkeypatch.setattr("mep_hf.energies.inner_states.is_normalization", lambda module: False)
     assert len(check_against_backprop(model, batch, beta=1e-5, sweeps=3)) > 5
 
 
@@ -108,7 +109,7 @@ def test_blocks_breaking_the_assumption_keep_block_states_and_exact_gradients(bl
     torch.manual_seed(0)
     blocks = nn.ModuleList([nn.Linear(6, 6), block(), nn.Linear(6, 3)]).double()
     x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
-    stack = eq.BlockStack(x, list(blocks), lambda s: nn.functional.cross_entropy(s, y))
+    stack = BlockStack(x, list(blocks), lambda s: nn.functional.cross_entropy(s, y))
     phases = eq.nudged_phases(stack, eq.free_phase(stack, "fast"), 1e-4, "centered", eq.SettleConfig(steps=2))
     assert (phases[0].inner[1] is not None) == inner_states
     assert_match(*_generic_stack_grads(blocks, x, lambda s: nn.functional.cross_entropy(s, y)))
@@ -171,13 +172,13 @@ def test_a_block_that_raises_leaves_every_parameter_trainable():
     back (the context restores what the module's own exit hook did not)."""
     block = _Raises()
     with pytest.raises(ValueError, match="bad block"):
-        eq.AutogradBlock(block, torch.randn(2, 3), None, input_grad=True, parameters=False)
+        eq.SweepOnlyBlock(block, torch.randn(2, 3), None, input_grad=True)
     assert all(p.requires_grad for p in block.parameters())
 
 
 def test_a_graph_for_input_vjps_only_refuses_parameter_gradients():
     """Without its parameters' activations such a graph would give zero gradients: it refuses instead."""
-    lin = eq.AutogradBlock(nn.Linear(3, 3), torch.randn(2, 3), None, input_grad=True, parameters=False)
+    lin = eq.SweepOnlyBlock(nn.Linear(3, 3), torch.randn(2, 3), None, input_grad=True)
     assert lin.vjp(torch.ones(2, 3)).shape == (2, 3)
     with pytest.raises(RuntimeError, match="input VJPs only"):
         lin.parameter_grads(torch.ones(2, 3), 1.0)
@@ -203,8 +204,8 @@ def test_a_folded_module_that_also_feeds_another_state_keeps_block_states(monkey
     blocks = nn.ModuleList([nn.Linear(6, 6), _FoldLeaks(), nn.Linear(6, 3)]).double()
     x, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
     loss = lambda s: nn.functional.cross_entropy(s, y)  # noqa: E731
-    free = eq.free_phase(eq.BlockStack(x, list(blocks), loss), "fast")
-    assert free.blocks[1].run.fold_into == {0: 2, 1: 2} and not free.blocks[1].usable
+    free = eq.free_phase(BlockStack(x, list(blocks), loss), "fast")
+    assert free.blocks[1].free_run.fold_into == {0: 2, 1: 2} and not free.blocks[1].usable
     assert_match(*_generic_stack_grads(blocks, x, loss))
     monkeypatch.setattr(FreeRun, "_only_feeds", lambda self, *args: True)
     with pytest.raises(AssertionError):

@@ -104,7 +104,7 @@ def test_fast_mode_graphs_keep_no_parameter_activations(monkeypatch):
     """ep_memory="fast" keeps the free pass's graphs for the sweep's input VJPs only (each module runs with its own
     parameters out of autograd): at 8 transformer blocks EP holds at most backprop's activation memory (measured
     0.96×). Negative control: with parameters left in those graphs (the freeze turned off) it is 1.19×."""
-    import mep_hf.inner_states as inner_states
+    import mep_hf.energies.inner_states as inner_states
 
     bench = _load_benchmark("transformer_memory")
     ratio = _char_lm_activation_mib(bench, "ep_fast", 8) / _char_lm_activation_mib(bench, "backprop", 8)

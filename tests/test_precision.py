@@ -3,7 +3,7 @@
 import torch
 
 from mep_hf import EPTrainer, SettleConfig, free_phase, nudged_phases
-from mep_hf.equilibrium import Contrast
+from mep_hf.energies.layered import Contrast
 from tests.conftest import toy_args, toy_model
 
 

@@ -5,16 +5,17 @@ batch checks, and attribute paths.
 ``from_pretrained`` with the stock class, the Auto classes and peft keep working:
 
 * ``model.ep_stack(**batch) -> BlockStack``;
-* ``model.forward``: with ``ep_contrast=c`` returns ``c(model.ep_stack(...))`` (so the contrast runs inside DDP's
-  forward, and inside peft's); without it, the class's own forward, unchanged. ``inspect.signature(model.forward)``
-  is the class forward's (the Trainer reads it to drop unused dataset columns).
+* ``model.forward``: the class's forward routed by :func:`~mep_hf.block_stack.routes_ep_contrast`, as every
+  EP-native model's is: with ``ep_contrast=c`` it returns ``c(model.ep_stack(...))`` (so the contrast runs inside
+  DDP's forward, and inside peft's); without it, the class's own forward, unchanged.
 
-The contrast's ``ep_stack`` call replays the dropout masks of the step's first call (:mod:`mep_hf.dropout`).
+The contrast's ``ep_stack`` call replays the dropout masks of the step's first call
+(:mod:`mep_hf.adapters.dropout`), under the instance's ``ep_contrast_context``.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import inspect
 import types
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from transformers.utils import logging
 
-from ..dropout import active_dropout
+from ..block_stack import routes_ep_contrast
 from ..modeling_utils import require_labels
+from .dropout import active_dropout
 
 logger = logging.get_logger(__name__)
 
@@ -62,32 +64,29 @@ def has_path(obj, path: str) -> bool:
 def attach_ep(model: nn.Module, ep_stack: Callable) -> nn.Module:
     """Give ``model`` (this instance only) an ``ep_stack`` method and a forward that accepts ``ep_contrast=``.
 
-    Idempotent: a model already adapted is returned unchanged. The wrapper forward keeps the class forward's
-    signature (``functools.wraps`` on the unbound function, then bound with ``types.MethodType``).
+    Idempotent: a model already adapted is returned unchanged.
     """
     if getattr(model, "_ep_adapted", False):
         return model
-    class_forward = type(model).forward
-
-    @functools.wraps(class_forward)
-    def forward(self, *args, ep_contrast=None, **kwargs):
-        if ep_contrast is None:
-            return class_forward(self, *args, **kwargs)
-        _say_if_dropout_is_off(self)
-        self._ep_replay_dropout = True  # the contrast re-evaluates this step's phases: same dropout masks
-        try:
-            stack = self.ep_stack(*args, **kwargs)
-        finally:
-            self._ep_replay_dropout = False
-        return ep_contrast(stack)
-
     model.ep_stack = types.MethodType(ep_stack, model)
-    model.forward = types.MethodType(forward, model)
+    model.ep_contrast_context = types.MethodType(_replaying_dropout, model)
+    model.forward = types.MethodType(routes_ep_contrast(type(model).forward), model)
     model._ep_adapted = True
     model._ep_replay_dropout = False
     # The adapter shares one dropout mask per step across phases, so the EP step may run in train mode.
     model.ep_shares_dropout = True
     return model
+
+
+@contextlib.contextmanager
+def _replaying_dropout(model: nn.Module):
+    """The contrast re-evaluates this step's phases: its ``ep_stack`` call replays the same dropout masks."""
+    _say_if_dropout_is_off(model)
+    model._ep_replay_dropout = True
+    try:
+        yield
+    finally:
+        model._ep_replay_dropout = False
 
 
 def replaying(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..equilibrium import Contrast, SettleConfig, free_phase, nudged_phases
+from ..energies.layered import Contrast, SettleConfig, free_phase, nudged_phases
 
 COS_MIN, REL_MAX = 0.9999, 1e-4
 

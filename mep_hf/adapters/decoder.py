@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..dropout import shared_mask_blocks, step_seeds
+from .dropout import shared_mask_blocks, step_seeds
 from ..block_stack import BlockStack
 from .base import bind_inputs, main_input, replaying, resolve, unsupported
 from .heads import Head

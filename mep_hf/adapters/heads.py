@@ -20,23 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers import modeling_outputs as mo
-from transformers.models.auto import modeling_auto
 
+from ..tasks import TASKS
 from .base import resolve
-
-# Task -> the Auto mapping that names each model type's class for it, and the output class a head returns.
-TASKS: dict[str, tuple[dict[str, str], type]] = {
-    "causal-lm": (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, mo.CausalLMOutputWithPast),
-    "sequence-classification": (modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, mo.SequenceClassifierOutput),
-    "token-classification": (modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, mo.TokenClassifierOutput),
-    "masked-lm": (modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES, mo.MaskedLMOutput),
-    "image-classification": (modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES, mo.ImageClassifierOutput),
-}
 
 
 def task_class_name(task: str, model_type: str) -> str | None:
     """The transformers class name of ``model_type`` for ``task`` (``"llama", "causal-lm"`` -> ``LlamaForCausalLM``)."""
-    name = TASKS[task][0].get(model_type)
+    name = TASKS[task].class_names.get(model_type)
     return name[0] if isinstance(name, tuple) else name  # a tuple lists variants first-class-first (DeiT)
 
 
@@ -188,7 +179,7 @@ class Head:
 
     def output(self, model: nn.Module) -> Callable[..., mo.ModelOutput]:
         """``output(logits, labels=None, **loss_kwargs)``: the model's output at the output state."""
-        loss_fn, output_cls = LOSSES[self.loss], TASKS[self.task][1]
+        loss_fn, output_cls = LOSSES[self.loss], TASKS[self.task].output
 
         def output(logits: Tensor, labels: Tensor | None = None, **loss_kwargs) -> mo.ModelOutput:
             loss = None if labels is None else loss_fn(model, logits, labels, **loss_kwargs)

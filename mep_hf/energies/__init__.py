@@ -1,14 +1,16 @@
 """Energy families EP can drive, by name.
 
-A family is the energy and its settling rule; the rest of EP is shared (nudging modes, the contrast routed through
-the model's ``forward(ep_contrast=...)``, divergence detection, diagnostics in the Trainer's logs).
+A family is the energy, its settling rule and its settings; the rest of EP is the family-neutral core
+(:mod:`mep_hf.equilibrium`: nudging schemes and their contrast weights, block linearizations, the gradients'
+hand-off to autograd, divergence detection) and the contrast routed through the model's ``forward(ep_contrast=...)``.
 
 * ``layered``: prediction errors ``Σ ½‖s_l − f_l(s_{l−1})‖²``; the free phase is one forward pass
-  (:mod:`mep_hf.equilibrium`).
+  (:mod:`mep_hf.energies.layered`, with :mod:`mep_hf.energies.inner_states`).
 * ``hopfield``: ``½Σ‖s_l‖² − Σ s_{l+1}·f_l(s_l)`` over ``[0, 1]`` states (Scellier & Bengio 2017; Laborieux et al.
   2021); both phases settle by fixed-point iteration (:mod:`mep_hf.energies.hopfield`).
 
-Each family implements :class:`EnergyFamily` and joins with :func:`register_energy`. A model's config names its
+Each family implements :class:`EnergyFamily` (its settings a dataclass of :mod:`mep_hf.energies.settings` fields)
+and joins with :func:`register_energy`. A model's config names its
 family in the class attribute ``ep_energy`` (configs that do not are ``layered``); ``EPTrainingArguments.ep_energy``
 may name it too, and ``EPTrainer`` refuses a disagreement.
 """
@@ -20,7 +22,8 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from ..equilibrium import BlockStack, ScaleFreeBeta, SettleConfig
+from ..block_stack import BlockStack
+from .settings import settings_for
 
 DEFAULT_ENERGY = "layered"
 
@@ -29,25 +32,22 @@ class EnergyFamily(Protocol):
     """What ``EPTrainer`` asks of a family, in the order of one training step."""
 
     name: str
+    settings_type: type  # a frozen dataclass of settings fields, each set by the ep_* flag it names
     default_nudging: str  # ep_nudging when the user sets none
     # Whether EP's gradient tends to backprop's through ``feed_forward`` (the gradient audit, mep_hf.audit, needs it).
     has_backprop_reference: bool
 
-    def check_config(self, config: SettleConfig) -> None:
-        """Refuse settings this family cannot honour (``ValueError`` naming the ``ep_*`` flag)."""
-
-    def free_phase(self, stack: BlockStack, config: SettleConfig) -> Any:
+    def free_phase(self, stack: BlockStack, config: Any) -> Any:
         """The β = 0 equilibrium; the result's ``loss`` is the task loss there (what Trainer logs)."""
 
-    def default_beta(self, displacement: float) -> float | ScaleFreeBeta:
+    def default_beta(self, displacement: float) -> Any:
         """β when ``ep_beta`` is unset: the layered energy's scale-free rule for ``displacement``
         (``ep_nudge_displacement``), or a family's own fixed β."""
 
-    def nudged_phases(self, stack: BlockStack, free: Any, beta: float | ScaleFreeBeta, nudging: str,
-                      config: SettleConfig) -> list:
+    def nudged_phases(self, stack: BlockStack, free: Any, beta: Any, nudging: str, config: Any) -> list:
         """Settle the nudged phase(s) of :func:`mep_hf.equilibrium.nudging_betas` from the free state."""
 
-    def contrast(self, free: Any, phases: list, config: SettleConfig, grad_scale: float,
+    def contrast(self, free: Any, phases: list, config: Any, grad_scale: float,
                  loss: Callable[[Tensor], Tensor]) -> Callable[[BlockStack], Tensor]:
         """The contrast: called on the stack inside the model's ``forward(ep_contrast=...)``, it returns a scalar
         whose parameter gradient is EP's. It checks the phases for divergence while computing their energies."""
@@ -83,6 +83,12 @@ def model_energy(model: nn.Module) -> str:
     return getattr(getattr(model, "config", None), "ep_energy", DEFAULT_ENERGY)
 
 
+def energy_settings(family: EnergyFamily, args) -> Any:
+    """``family``'s settings from ``EPTrainingArguments``; a flag only another family reads, set away from its
+    default, is refused by name (:func:`mep_hf.energies.settings.settings_for`)."""
+    return settings_for(family, ENERGIES.values(), args)
+
+
 def resolve_energy(requested: str | None, model: nn.Module) -> EnergyFamily:
     """The family that trains ``model``: the one it declares; ``requested`` (``ep_energy``) must agree."""
     declared = model_energy(model)
@@ -97,4 +103,5 @@ def resolve_energy(requested: str | None, model: nn.Module) -> EnergyFamily:
 from . import layered  # noqa: E402, I001  (each module registers its family; layered first: the default)
 from . import hopfield  # noqa: E402
 
-__all__ = ["ENERGIES", "EnergyFamily", "get_energy", "model_energy", "register_energy", "resolve_energy"]
+__all__ = ["ENERGIES", "EnergyFamily", "energy_settings", "get_energy", "model_energy", "register_energy",
+           "resolve_energy"]

@@ -23,8 +23,9 @@ Hopfield energy ``½Σ‖s_l‖² − Σ ρ(s_{l+1})ᵀW_l ρ(s_l) − Σ b_l·�
   of the loss Trainer computes at the model's output (``BlockStack.output``), by autograd through that output
   only. Settling stops after T steps or once the relative residual ``‖s_{t+1} − s_t‖ / ‖s_{t+1}‖`` falls below
   the tolerance; the final residual of each phase goes to the logs.
-* Contrast: ``ΔL(θ) = [F(s^a; θ, β_a) − F(s^b; θ, β_b)] / (β_a − β_b)`` for the phases ``a, b``: ``±β``
-  (centered), or the nudged phase against the free one (positive, random sign). With the states constant,
+* Contrast: ``ΔL(θ) = Σ_k w_k F(s^{β_k}; θ, β_k)`` over the nudged phases and the free one, with the nudging
+  scheme's finite-difference weights (:func:`~mep_hf.equilibrium.contrast_weights`): ``[F(s^β) − F(s^{−β})] / 2β``
+  (centered), ``[F(s^β) − F(s^0)] / β`` (positive, random sign). With the states constant,
   ``∂E/∂θ_l = −1/B · J_θ f_l(s_l)ᵀ s_{l+1}``: each block's gradient is local. Parameters of the read-out
   (the ``output`` a cross-entropy model applies to ``s_N``) get ``Σ w·β·∂L/∂θ`` through an ordinary autograd graph.
 
@@ -45,15 +46,31 @@ from torch import Tensor
 from ..block_stack import BlockStack
 from ..equilibrium import (
     BlockLinearization,
-    SettleConfig,
     SettlingDivergedError,
-    _accumulate,
-    _LayerGradients,
+    accumulate,
+    contrast_value,
+    contrast_weights,
     energy_diverged,
     linearize_block,
     nudging_betas,
 )
 from . import register_energy
+from .settings import divergence_threshold, is_int, settle_tol, setting, validate
+
+
+@dataclass(frozen=True)
+class HopfieldSettings:
+    """How the Hopfield family settles; ``None`` and 0 defer to the model's own schedule (its config)."""
+
+    free_steps: int | None = setting(None, "ep_free_steps", lambda v: v is None or is_int(v, 1),
+                                     "an integer >= 1 or None (the model's)")
+    nudged_steps: int | None = setting(None, "ep_nudged_steps", lambda v: v is None or is_int(v, 1),
+                                       "an integer >= 1 or None (the model's)")
+    tol: float = settle_tol()
+    divergence_threshold: float = divergence_threshold()
+
+    def __post_init__(self):
+        validate(self)
 
 
 def hard_sigmoid(u: Tensor) -> Tensor:
@@ -168,35 +185,37 @@ class HopfieldContrast:
 
     phases: list[HopfieldPhase]  # the nudged phase(s)
     free: HopfieldPhase
-    divergence_threshold: float = SettleConfig.divergence_threshold
+    divergence_threshold: float = HopfieldSettings.divergence_threshold
     grad_scale: float = 1.0
     loss: Callable[[Tensor], Tensor] | None = None
 
     def __call__(self, stack: BlockStack) -> Tensor:
-        pair = self.phases if len(self.phases) == 2 else [self.phases[0], self.free]
-        weights = [1 / (pair[0].beta - pair[1].beta), -1 / (pair[0].beta - pair[1].beta)]
+        weights, free_weight = contrast_weights([p.beta for p in self.phases])
+        pairs = list(zip(self.phases, weights))
+        if free_weight != 0:  # the free phase's term (positive, random sign); symmetric schemes cancel it exactly
+            pairs.append((self.free, free_weight))
         loss = self.loss or stack.loss
         grads: dict[Tensor, Tensor] = {}
         scale = -self.grad_scale / stack.batch_size
         with torch.no_grad():
             first = self.free.first_block or _first_block(stack)
             self.free.first_block = None
-            # s_0 is clamped: block 1's parameter gradient is linear in the state it drives, one product serves both.
-            e = pair[0].states[0] * weights[0] + pair[1].states[0] * weights[1]
-            _accumulate(grads, first.parameter_grads(e, scale))
-            energies = [self._energy(stack, first, p.states, w * scale, grads) for p, w in zip(pair, weights)]
-            free_energy = energies[1] if pair[1] is self.free else self._energy(stack, first, self.free.states)
+            # s_0 is clamped: block 1's parameter gradient is linear in the state it drives, one product serves all.
+            e = sum(p.states[0] * w for p, w in pairs)
+            accumulate(grads, first.parameter_grads(e, scale))
+            energies = [self._energy(stack, first, p.states, w * scale, grads) for p, w in pairs]
+            free_energy = energies[-1] if free_weight != 0 else self._energy(stack, first, self.free.states)
         readout = None
-        for phase, w, i in zip(pair, weights, range(2)):
-            if phase.beta == 0:
-                phase.energy = energies[i]
+        for (phase, w), energy in zip(pairs, energies):
+            if phase is self.free:
+                phase.energy = energy
                 continue
             with torch.enable_grad():
                 value = loss(phase.states[-1].detach())
             term = value * (w * phase.beta)
             readout = term if readout is None else readout + term
             phase.loss = float(value.detach())
-            phase.energy = energies[i] + phase.beta * phase.loss
+            phase.energy = energy + phase.beta * phase.loss
             phase.start_energy = free_energy + phase.beta * self.free.loss
             if energy_diverged(phase.energy, phase.start_energy, self.divergence_threshold):
                 raise SettlingDivergedError(
@@ -205,9 +224,7 @@ class HopfieldContrast:
                     "blame (the free-phase loss is finite and within the guard): settling itself diverged. Lower "
                     "ep_beta or raise ep_nudged_steps."
                 )
-        value = sum(w * p.energy for w, p in zip(weights, pair))
-        value = torch.tensor(value, dtype=stack.inputs.dtype, device=stack.inputs.device)
-        out = _LayerGradients.apply(value, self.grad_scale, list(grads.values()), *grads)
+        out = contrast_value(sum(w * p.energy for p, w in pairs), self.grad_scale, grads, stack.inputs)
         if readout is not None and readout.requires_grad:  # a read-out with parameters (cross-entropy models)
             out = out + (readout - readout.detach())
         return out
@@ -221,7 +238,7 @@ class HopfieldContrast:
             lin = linearize_block(stack.blocks[l], states[l - 1], None, input_grad=False)
             phi.append((states[l] * lin.output).sum())
             if scale is not None:
-                _accumulate(grads, lin.parameter_grads(states[l], scale))
+                accumulate(grads, lin.parameter_grads(states[l], scale))
         sq = sum(s.pow(2).sum() for s in states)
         return float(0.5 * sq - sum(phi)) / stack.batch_size
 
@@ -232,25 +249,13 @@ class HopfieldEnergy:
     ``settle_tol``) stops a phase early on its residual."""
 
     name = "hopfield"
+    settings_type = HopfieldSettings
     default_nudging = "centered"
     # Its gradient tends to that of the loss at the settled free state, which no single forward pass computes.
     has_backprop_reference = False
 
-    # SettleConfig fields only the layered energy reads, with the argument that sets each.
-    LAYERED_ONLY = {"mode": "ep_settle_mode", "steps": "ep_settle_steps", "lr": "ep_settle_lr", "memory": "ep_memory"}
-
-    def check_config(self, config: SettleConfig) -> None:
-        """A layered-only knob set away from its default would be silently ignored here: refuse it."""
-        for name, flag in self.LAYERED_ONLY.items():
-            value, default = getattr(config, name), SettleConfig.__dataclass_fields__[name].default
-            if value != default:
-                raise ValueError(
-                    f"{flag}={value!r} is not read by the hopfield energy (its phases settle for ep_free_steps / "
-                    f"ep_nudged_steps steps, else the model's own); leave {flag} at its default {default!r}"
-                )
-
     @staticmethod
-    def _schedule(stack: HopfieldStack, config: SettleConfig) -> tuple[int, int, float]:
+    def _schedule(stack: HopfieldStack, config: HopfieldSettings) -> tuple[int, int, float]:
         if not isinstance(stack, HopfieldStack):
             raise TypeError(f"the hopfield energy needs a HopfieldStack (the model's settling schedule), got "
                             f"{type(stack).__name__}")
@@ -258,7 +263,7 @@ class HopfieldEnergy:
         nudged = config.nudged_steps if config.nudged_steps is not None else stack.nudged_steps
         return free, nudged, config.tol if config.tol > 0 else stack.settle_tol
 
-    def free_phase(self, stack: HopfieldStack, config: SettleConfig) -> HopfieldPhase:
+    def free_phase(self, stack: HopfieldStack, config: HopfieldSettings) -> HopfieldPhase:
         steps, _, tol = self._schedule(stack, config)
         with torch.no_grad():
             free = free_phase(stack, steps, tol)

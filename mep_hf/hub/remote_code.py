@@ -47,6 +47,8 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..tasks import TASKS, task_of_class
+
 PACKAGE = "mep_hf"
 _PACKAGE_IDS = itertools.count()
 # Optional engine fast paths that stay in mep_hf, unless the model's forward runs them (see the module docstring).
@@ -152,7 +154,7 @@ def _used_names(node: ast.AST) -> set[str]:
             return
         if isinstance(n, (ast.Import, ast.ImportFrom)) and getattr(n, "level", 0):
             raise FlattenError(f"a relative import inside a function (line {n.lineno}) cannot be flattened")
-        if isinstance(n, ast.Name):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):  # a dataclass field's own name is no use of one
             names.add(n.id)
         for child in ast.iter_child_nodes(n):
             visit(child)
@@ -388,19 +390,13 @@ def flat_classes(objects: list[type], directory: str | Path | None = None) -> di
     return {o: getattr(getattr(package, o.__module__.rpartition(".")[2]), o.__name__) for o in objects}
 
 
-# transformers' naming: <Model>For<Task> -> the Auto class that loads it
-AUTO_CLASS_OF_SUFFIX = {
-    "ForImageClassification": "AutoModelForImageClassification",
-    "ForCausalLM": "AutoModelForCausalLM",
-    "ForSequenceClassification": "AutoModelForSequenceClassification",
-}
-
-
 def auto_class_name(model_class: type) -> str:
-    for suffix, auto in AUTO_CLASS_OF_SUFFIX.items():
-        if model_class.__name__.endswith(suffix):
-            return auto
-    raise FlattenError(f"no Auto class known for {model_class.__name__} (suffixes: {', '.join(AUTO_CLASS_OF_SUFFIX)})")
+    """The Auto class that loads ``model_class`` (:mod:`mep_hf.tasks`)."""
+    task = task_of_class(model_class.__name__)
+    if task is None:
+        suffixes = ", ".join(t.class_suffix for t in TASKS.values())
+        raise FlattenError(f"no Auto class known for {model_class.__name__} (suffixes: {suffixes})")
+    return task.auto_class
 
 
 def _entry(cls: type) -> str:

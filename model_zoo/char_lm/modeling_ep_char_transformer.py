@@ -6,6 +6,7 @@ Self-contained: it imports no mep_hf module, so `trust_remote_code=True` loads i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -23,6 +24,62 @@ from transformers.modeling_outputs import CausalLMOutput
 from typing import Any
 
 from .configuration_ep_char_transformer import EPCharTransformerConfig
+
+
+@dataclass
+class BlockStack:
+    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
+
+    ``loss`` is the scalar EP nudges with, any function of the output state (a batch mean, a sum over tokens
+    divided by the accumulation window's token count, ...); EP's gradient tends to ``∇θ loss``. The engine scales
+    it by the batch size ``B`` only to keep each sample's error O(β).
+
+    ``output`` (models set it; the bare engine does not need it) is the tail of the model's ``forward`` at an
+    output state: ``output(s_L, labels=None, **loss_kwargs)`` gives the model output (``logits``, and ``loss`` when
+    ``labels`` are given, computed as ``forward`` computes it, e.g. with ``num_items_in_batch``). ``EPTrainer``
+    evaluates ``Trainer.compute_loss`` on it, so EP nudges with exactly the loss Trainer would backpropagate.
+    Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
+    """
+
+    inputs: Tensor
+    blocks: Sequence[Callable[[Tensor], Tensor]]
+    loss: Callable[[Tensor], Tensor]
+    output: Callable[..., Any] | None = None
+
+    def __post_init__(self):
+        if len(self.blocks) == 0:
+            raise ValueError("an EP block stack needs at least one block; the model exposed none")
+
+    @classmethod
+    def with_output(cls, inputs: Tensor, blocks: Sequence, output: Callable[..., Any], labels: Tensor) -> BlockStack:
+        """A stack whose loss is the one the model's ``output`` reports for ``labels``."""
+        return cls(inputs, blocks, loss=lambda s: output(s, labels=labels)["loss"], output=output)
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.shape[0]
+
+
+def routes_ep_contrast(forward: Callable) -> Callable:
+    """Decorate a model's ``forward`` so that ``model(**batch, ep_contrast=c)`` returns ``c(model.ep_stack(**batch))``.
+
+    EP's contrast must run inside the (possibly DDP- or peft-wrapped) model's forward, so that gradient hooks fire
+    as for any loss; this is the one place that routes it. Without ``ep_contrast`` the forward runs unchanged, and
+    its signature is the undecorated one (the Trainer reads it to drop unused dataset columns). A model whose
+    contrast call needs a setting (the stock-model adapters replay the step's dropout masks) offers it as the
+    context manager ``ep_contrast_context()``.
+    """
+
+    @functools.wraps(forward)
+    def routed(self, *args, ep_contrast=None, **kwargs):
+        if ep_contrast is None:
+            return forward(self, *args, **kwargs)
+        context = getattr(self, "ep_contrast_context", contextlib.nullcontext)
+        with context():
+            stack = self.ep_stack(*args, **kwargs)
+        return ep_contrast(stack)
+
+    return routed
 
 
 def require_labels(labels: Tensor | None) -> Tensor:
@@ -80,8 +137,9 @@ def refuse_pickle_weights():
 
 
 class EPPreTrainedModel(PreTrainedModel):
-    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and
-    ``forward(..., ep_contrast=c)`` returns ``c(self.ep_stack(...))`` so the contrast runs inside (DDP's) forward."""
+    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and a
+    ``forward`` decorated with :func:`~mep_hf.block_stack.routes_ep_contrast` runs EP's contrast inside (DDP's)
+    forward when the trainer passes ``ep_contrast=``."""
 
     def ep_stack(self, **inputs) -> BlockStack:
         raise NotImplementedError(f"{type(self).__name__} must define ep_stack(**inputs) -> BlockStack")
@@ -105,40 +163,6 @@ class EPPreTrainedModel(PreTrainedModel):
         except SafetensorError as err:
             raise OSError(f"the safetensors weights of {os.fspath(pretrained_model_name_or_path)!r} are damaged or "
                           f"truncated and cannot be read: {err}") from err
-
-
-@dataclass
-class BlockStack:
-    """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
-
-    ``loss`` is the scalar EP nudges with, any function of the output state (a batch mean, a sum over tokens
-    divided by the accumulation window's token count, ...); EP's gradient tends to ``∇θ loss``. The engine scales
-    it by the batch size ``B`` only to keep each sample's error O(β).
-
-    ``output`` (models set it; the bare engine does not need it) is the tail of the model's ``forward`` at an
-    output state: ``output(s_L, labels=None, **loss_kwargs)`` gives the model output (``logits``, and ``loss`` when
-    ``labels`` are given, computed as ``forward`` computes it, e.g. with ``num_items_in_batch``). ``EPTrainer``
-    evaluates ``Trainer.compute_loss`` on it, so EP nudges with exactly the loss Trainer would backpropagate.
-    Models validate ``inputs`` (shape, NaN/inf) where they can name the argument.
-    """
-
-    inputs: Tensor
-    blocks: Sequence[Callable[[Tensor], Tensor]]
-    loss: Callable[[Tensor], Tensor]
-    output: Callable[..., Any] | None = None
-
-    def __post_init__(self):
-        if len(self.blocks) == 0:
-            raise ValueError("an EP block stack needs at least one block; the model exposed none")
-
-    @classmethod
-    def with_output(cls, inputs: Tensor, blocks: Sequence, output: Callable[..., Any], labels: Tensor) -> BlockStack:
-        """A stack whose loss is the one the model's ``output`` reports for ``labels``."""
-        return cls(inputs, blocks, loss=lambda s: output(s, labels=labels)["loss"], output=output)
-
-    @property
-    def batch_size(self) -> int:
-        return self.inputs.shape[0]
 
 
 def attention_bias(attention_mask: Tensor | None, length: int, device) -> Tensor | None:
@@ -309,16 +333,14 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
             loss=self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs), logits=logits
         )
 
+    @routes_ep_contrast
     def forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        ep_contrast: Contrast | None = None,
         **kwargs,
-    ) -> CausalLMOutput | Tensor:
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(input_ids, attention_mask, labels))
+    ) -> CausalLMOutput:
         s = self._check_ids(input_ids)
         for block in self.blocks_for(input_ids, attention_mask):
             s = block(s)

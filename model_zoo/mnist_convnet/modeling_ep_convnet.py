@@ -6,6 +6,8 @@ Self-contained: it imports no mep_hf module, so `trust_remote_code=True` loads i
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 import torch
@@ -55,6 +57,28 @@ class BlockStack:
     @property
     def batch_size(self) -> int:
         return self.inputs.shape[0]
+
+
+def routes_ep_contrast(forward: Callable) -> Callable:
+    """Decorate a model's ``forward`` so that ``model(**batch, ep_contrast=c)`` returns ``c(model.ep_stack(**batch))``.
+
+    EP's contrast must run inside the (possibly DDP- or peft-wrapped) model's forward, so that gradient hooks fire
+    as for any loss; this is the one place that routes it. Without ``ep_contrast`` the forward runs unchanged, and
+    its signature is the undecorated one (the Trainer reads it to drop unused dataset columns). A model whose
+    contrast call needs a setting (the stock-model adapters replay the step's dropout masks) offers it as the
+    context manager ``ep_contrast_context()``.
+    """
+
+    @functools.wraps(forward)
+    def routed(self, *args, ep_contrast=None, **kwargs):
+        if ep_contrast is None:
+            return forward(self, *args, **kwargs)
+        context = getattr(self, "ep_contrast_context", contextlib.nullcontext)
+        with context():
+            stack = self.ep_stack(*args, **kwargs)
+        return ep_contrast(stack)
+
+    return routed
 
 
 def classification_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
@@ -165,8 +189,9 @@ def refuse_pickle_weights():
 
 
 class EPPreTrainedModel(PreTrainedModel):
-    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and
-    ``forward(..., ep_contrast=c)`` returns ``c(self.ep_stack(...))`` so the contrast runs inside (DDP's) forward."""
+    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and a
+    ``forward`` decorated with :func:`~mep_hf.block_stack.routes_ep_contrast` runs EP's contrast inside (DDP's)
+    forward when the trainer passes ``ep_contrast=``."""
 
     def ep_stack(self, **inputs) -> BlockStack:
         raise NotImplementedError(f"{type(self).__name__} must define ep_stack(**inputs) -> BlockStack")
@@ -212,10 +237,9 @@ class ImageBlockChainMixin:
         loss = None if labels is None else classification_loss(self.config.loss, logits, labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
-    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, ep_contrast=None, **kwargs):
-        """The free phase (an ordinary forward pass), or, given ``ep_contrast``, the EP contrast of this batch."""
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(pixel_values, labels))
+    @routes_ep_contrast
+    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, **kwargs):
+        """The free phase: an ordinary forward pass."""
         s = self._pixels(pixel_values)
         for block in self.blocks:
             s = block(s)

@@ -8,6 +8,8 @@ train it by EP.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import threading
@@ -133,8 +135,9 @@ def refuse_pickle_weights():
 
 
 class EPPreTrainedModel(PreTrainedModel):
-    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and
-    ``forward(..., ep_contrast=c)`` returns ``c(self.ep_stack(...))`` so the contrast runs inside (DDP's) forward."""
+    """Base of every EP-native model: ``ep_stack(**inputs)`` gives the EP engine the blocks of a batch, and a
+    ``forward`` decorated with :func:`~mep_hf.block_stack.routes_ep_contrast` runs EP's contrast inside (DDP's)
+    forward when the trainer passes ``ep_contrast=``."""
 
     def ep_stack(self, **inputs) -> BlockStack:
         raise NotImplementedError(f"{type(self).__name__} must define ep_stack(**inputs) -> BlockStack")
@@ -179,27 +182,6 @@ class LinearMapLinearization:
         return pairs
 
 
-class BlockLinearization(Protocol):
-    """One block run at one input state: ``output = f(s)`` and the state VJP ``vjp(e) = J_f(s)ᵀ e``."""
-
-    output: Tensor
-
-    def vjp(self, e: Tensor) -> Tensor: ...
-
-
-def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool,
-                    **_) -> BlockLinearization:
-    """The block's closed form at ``state`` (``block.ep_linearize``): how a flat settling model runs its blocks."""
-    analytic = getattr(block, "ep_linearize", None)
-    lin = analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
-    if lin is None:
-        raise NotImplementedError(
-            f"{type(block).__name__} has no closed form at this state; this model's remote code settles only "
-            "blocks that have one. Install mep-hf (`pip install mep-hf`) and `import mep_hf` to run it."
-        )
-    return lin
-
-
 @dataclass
 class BlockStack:
     """What a model shows EP: the input state, the blocks ``s_l = f_l(s_{l−1})``, and the task loss of ``s_L``.
@@ -232,6 +214,49 @@ class BlockStack:
     @property
     def batch_size(self) -> int:
         return self.inputs.shape[0]
+
+
+def routes_ep_contrast(forward: Callable) -> Callable:
+    """Decorate a model's ``forward`` so that ``model(**batch, ep_contrast=c)`` returns ``c(model.ep_stack(**batch))``.
+
+    EP's contrast must run inside the (possibly DDP- or peft-wrapped) model's forward, so that gradient hooks fire
+    as for any loss; this is the one place that routes it. Without ``ep_contrast`` the forward runs unchanged, and
+    its signature is the undecorated one (the Trainer reads it to drop unused dataset columns). A model whose
+    contrast call needs a setting (the stock-model adapters replay the step's dropout masks) offers it as the
+    context manager ``ep_contrast_context()``.
+    """
+
+    @functools.wraps(forward)
+    def routed(self, *args, ep_contrast=None, **kwargs):
+        if ep_contrast is None:
+            return forward(self, *args, **kwargs)
+        context = getattr(self, "ep_contrast_context", contextlib.nullcontext)
+        with context():
+            stack = self.ep_stack(*args, **kwargs)
+        return ep_contrast(stack)
+
+    return routed
+
+
+class BlockLinearization(Protocol):
+    """One block run at one input state: ``output = f(s)`` and the state VJP ``vjp(e) = J_f(s)ᵀ e``."""
+
+    output: Tensor
+
+    def vjp(self, e: Tensor) -> Tensor: ...
+
+
+def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool,
+                    **_) -> BlockLinearization:
+    """The block's closed form at ``state`` (``block.ep_linearize``): how a flat settling model runs its blocks."""
+    analytic = getattr(block, "ep_linearize", None)
+    lin = analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
+    if lin is None:
+        raise NotImplementedError(
+            f"{type(block).__name__} has no closed form at this state; this model's remote code settles only "
+            "blocks that have one. Install mep-hf (`pip install mep-hf`) and `import mep_hf` to run it."
+        )
+    return lin
 
 
 def hard_sigmoid(u: Tensor) -> Tensor:
@@ -376,13 +401,11 @@ class EPHopfieldPreTrainedModel(EPPreTrainedModel):
         loss = None if labels is None else classification_loss(self.config.loss, logits, labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
-    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, ep_contrast=None,
+    @routes_ep_contrast
+    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None,
                 output_hidden_states: bool | None = None, **kwargs):
-        """The free phase (settling from zero; differentiable when autograd is on), or, given ``ep_contrast``, the
-        EP contrast of this batch. ``output_hidden_states``: the settled states ``s_1..s_N`` and the final residual
-        as ``hidden_states``."""
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(pixel_values, labels))
+        """The free phase: settling from zero (differentiable when autograd is on). ``output_hidden_states``: the
+        settled states ``s_1..s_N`` as ``hidden_states``."""
         free = free_phase(self._stack(pixel_values, None), self.config.free_steps, self.config.settle_tol)
         out = self.ep_output(free.states[-1], labels)
         if output_hidden_states:

@@ -18,8 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
 
-from ...block_stack import BlockStack
-from ...equilibrium import Contrast
+from ...block_stack import BlockStack, routes_ep_contrast
 from ...modeling_utils import EPPreTrainedModel, require_labels
 from .configuration_ep_char_transformer import EPCharTransformerConfig
 
@@ -193,16 +192,14 @@ class EPCharTransformerForCausalLM(EPCharTransformerPreTrainedModel, GenerationM
             loss=self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs), logits=logits
         )
 
+    @routes_ep_contrast
     def forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        ep_contrast: Contrast | None = None,
         **kwargs,
-    ) -> CausalLMOutput | Tensor:
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(input_ids, attention_mask, labels))
+    ) -> CausalLMOutput:
         s = self._check_ids(input_ids)
         for block in self.blocks_for(input_ids, attention_mask):
             s = block(s)

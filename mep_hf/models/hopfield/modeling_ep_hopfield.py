@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from ...block_stack import routes_ep_contrast
 from ...energies.hopfield import HopfieldStack, free_phase
 from ...kernels.linear_maps import ConvPoolLinearization, LinearMapLinearization
 from ...modeling_utils import EPPreTrainedModel, check_features, classification_loss, require_labels
@@ -91,13 +92,11 @@ class EPHopfieldPreTrainedModel(EPPreTrainedModel):
         loss = None if labels is None else classification_loss(self.config.loss, logits, labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
-    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None, ep_contrast=None,
+    @routes_ep_contrast
+    def forward(self, pixel_values: Tensor | None = None, labels: Tensor | None = None,
                 output_hidden_states: bool | None = None, **kwargs):
-        """The free phase (settling from zero; differentiable when autograd is on), or, given ``ep_contrast``, the
-        EP contrast of this batch. ``output_hidden_states``: the settled states ``s_1..s_N`` and the final residual
-        as ``hidden_states``."""
-        if ep_contrast is not None:
-            return ep_contrast(self.ep_stack(pixel_values, labels))
+        """The free phase: settling from zero (differentiable when autograd is on). ``output_hidden_states``: the
+        settled states ``s_1..s_N`` as ``hidden_states``."""
         free = free_phase(self._stack(pixel_values, None), self.config.free_steps, self.config.settle_tol)
         out = self.ep_output(free.states[-1], labels)
         if output_hidden_states:

@@ -41,6 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
+from ..equilibrium import parameter_grads
+
 
 @dataclass
 class InnerErrors:
@@ -237,16 +239,6 @@ def _sole_producer(node, produced: dict) -> int | None:
             return None
         node = inputs[0]
     return None
-
-
-def parameter_grads(output: Tensor, params: list[Tensor], e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
-    """``scale · J_θ(output)ᵀ e`` as ``(parameter, gradient)`` pairs. The scale goes on the parameter-sized
-    gradients (no error-sized copy), except in float16, where it goes on the error so that the backward of a
-    half-precision block runs at the loss scale and does not underflow."""
-    if output.dtype == torch.float16:
-        return list(zip(params, torch.autograd.grad(output, params, (e * scale).to(output.dtype), allow_unused=True)))
-    grads = torch.autograd.grad(output, params, e.to(output.dtype), allow_unused=True)
-    return [(p, g if g is None else g.mul_(scale)) for p, g in zip(params, grads)]
 
 
 def check_call_order(k: int, module: nn.Module, inner: InnerErrors) -> None:
