@@ -361,14 +361,15 @@ def test_unsupported_model_type_fails_at_init_and_lists_what_is(tmp_path):
         EPTrainer(model=model, args=toy_args(tmp_path), train_dataset=_Exploding())
 
 
-def test_unsupported_head_names_the_class_and_the_supported_ones(tmp_path):
+def test_a_head_the_table_does_not_list_is_adapted_by_its_structure(tmp_path):
+    """The table's Llama row lists no QA head; the structural adapter (mep_hf/adapters/traced.py) takes it, so the
+    model is adapted at init instead of refused (its gradient: tests/test_structural_adapters.py)."""
     from transformers import LlamaConfig, LlamaForQuestionAnswering
 
     model = LlamaForQuestionAnswering(LlamaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1,
-                                                  num_attention_heads=2, intermediate_size=16))
-    with pytest.raises(TypeError, match=r"LlamaForQuestionAnswering cannot be split.*not this head.*"
-                                        r"LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification"):
-        EPTrainer(model=model, args=toy_args(tmp_path), train_dataset=_Exploding())
+                                                  num_attention_heads=2, intermediate_size=16, num_labels=2))
+    EPTrainer(model=model, args=toy_args(tmp_path))
+    assert callable(getattr(model, "ep_stack", None))
 
 
 def test_overridden_forward_and_bad_inputs_are_refused():

@@ -56,16 +56,23 @@ def mismatches(model: nn.Module, ep, reference, cos_min: float = COS_MIN, rel_ma
 
 
 def check_against_backprop(model: nn.Module, batch: dict, **ep_kwargs) -> list[str]:
-    """The stack's free phase against the stock forward (logits, loss), and EP's gradient against backprop's.
+    """The stack's free phase against the stock forward (its output tensors, loss), and EP's gradient against
+    backprop's.
     Returns what fails (empty when all agree). Call on a float64 model in eval mode."""
     reference = model(**batch)
     stack = model.ep_stack(**batch)
     s = stack.inputs
     for block in stack.blocks:
         s = block(s)
-    bad = []
-    if not torch.allclose(s, reference.logits, rtol=1e-10, atol=1e-10):
-        bad.append(f"free phase: logits differ from the forward's by {float((s - reference.logits).abs().max()):.2e}")
+    bad, output = [], stack.output(s)
+    for key, expected in reference.items():  # logits, or a QA head's start and end logits
+        if key == "loss" or not isinstance(expected, Tensor):
+            continue
+        got = output.get(key)
+        if got is None or got.shape != expected.shape:
+            bad.append(f"free phase: {key} differ from the forward's in shape")
+        elif not torch.allclose(got, expected, rtol=1e-10, atol=1e-10):
+            bad.append(f"free phase: {key} differ from the forward's by {float((got - expected).abs().max()):.2e}")
     if not torch.allclose(stack.loss(s), reference.loss, rtol=1e-10, atol=1e-10):
         bad.append(f"free phase: loss {float(stack.loss(s))} != forward's {float(reference.loss)}")
     return bad + mismatches(model, ep_gradients(model, batch, **ep_kwargs), backprop_gradients(model, batch))

@@ -157,14 +157,11 @@ def prepare_ep_model(model: nn.Module) -> nn.Module:
     config = getattr(target, "config", None)
     model_type = getattr(config, "model_type", None)
     name = type(target).__name__
-    if model_type not in MODEL_TYPES:
-        raise TypeError(
-            f"{name} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method and no adapter is "
-            f"registered for model_type={model_type!r}. EP adapters exist for: {_supported_text()}. Use an EP model "
-            "from mep_hf.models, or add a model type / family (docs/adding_a_family.md)."
-        )
-    row = MODEL_TYPES[model_type]
-    head, stock = _head_for(target, model_type, row)
+    row = MODEL_TYPES.get(model_type)
+    found = None if row is None else _head_for(target, model_type, row)
+    if found is None:
+        return _adapt_by_structure(model, target, model_type, row)
+    head, stock = found
     if type(target).forward is not stock.forward:
         raise unsupported(
             target, f"it overrides {stock.__name__}.forward, so EP cannot know the loss it computes; adapt the stock "
@@ -173,10 +170,7 @@ def prepare_ep_model(model: nn.Module) -> nn.Module:
     missing = head.missing(target)
     if missing:
         raise unsupported(target, f"its {head.task} head lacks {missing} (the {model_type} EP head reads them)")
-    checkpointing = "is_activation_checkpointing" if hasattr(type(target), "is_activation_checkpointing") else (
-        "is_gradient_checkpointing")
-    if getattr(target, checkpointing, False):
-        raise unsupported(target, "gradient checkpointing is pointless under EP (no backprop graph); disable it")
+    _refuse_checkpointing(target)
     family = FAMILIES[row.family]
     layout = family.Layout(**row.layout)
     family.check(target, layout, head)
@@ -189,19 +183,57 @@ def prepare_ep_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _head_for(model: nn.Module, model_type: str, row: ModelType) -> tuple[Head, type]:
-    """The row's head for the model's class (the stock transformers class in its MRO), or a clear refusal."""
+def _head_for(model: nn.Module, model_type: str, row: ModelType) -> tuple[Head, type] | None:
+    """The row's head for the model's class (the stock transformers class in its MRO), if the row has one."""
     for cls in type(model).__mro__:
         if not cls.__module__.startswith("transformers."):
             continue
         for head in row.heads:
             if task_class_name(head.task, model_type) == cls.__name__:
                 return head, cls
-    raise TypeError(
-        f"{type(model).__name__} cannot be split into EP blocks: model_type={model_type!r} is supported by the "
-        f"{row.family} adapter, but not this head. Supported {model_type} classes: "
-        f"{', '.join(supported_classes(model_type))}."
-    )
+    return None
+
+
+def _adapt_by_structure(model: nn.Module, target: nn.Module, model_type: str | None, row: ModelType | None):
+    """A model the table does not cover, adapted by its structure (:mod:`mep_hf.adapters.traced`), or refused with
+    what failed."""
+    from .traced import DoesNotFit, trace_structure
+
+    name = type(target).__name__
+    stock = next((c for c in type(target).__mro__ if c.__module__.startswith("transformers.models.")), None)
+    if stock is None:
+        raise TypeError(
+            f"{name} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method and is no transformers "
+            f"model. EP adapters exist for: {_supported_text()}, and for transformers models whose layers run from "
+            "one layer list. Use an EP model from mep_hf.models, or add a model type / family "
+            "(docs/adding_a_family.md)."
+        )
+    if type(target).forward is not stock.forward:
+        raise unsupported(target, f"it overrides {stock.__name__}.forward, so EP cannot know the loss it computes")
+    _refuse_checkpointing(target)
+    covered = "" if row is None else f" (the {model_type} row covers {', '.join(supported_classes(model_type))})"
+    try:
+        structure = trace_structure(target)
+    except DoesNotFit as err:
+        raise TypeError(
+            f"{name} cannot be split into EP blocks: no adapter row fits model_type={model_type!r}{covered}, and "
+            f"the structural adapter does not fit: {err}. EP adapters exist for: {_supported_text()}, and for "
+            "models whose layers run from one layer list. Use an EP model from mep_hf.models, or add a model type "
+            "/ family (docs/adding_a_family.md)."
+        ) from None
+
+    def ep_stack(self, *args, **kwargs):
+        return structure.ep_stack(self, args, kwargs)
+
+    attach_ep(target, ep_stack)
+    return model
+
+
+def _refuse_checkpointing(model: nn.Module) -> None:
+    checkpointing = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else (
+        "is_gradient_checkpointing")
+    if getattr(model, checkpointing, False):
+        raise unsupported(model, "gradient checkpointing is pointless under EP (no backprop graph); disable it")
 
 
 def _peft_base(model: nn.Module) -> nn.Module:

@@ -1,0 +1,318 @@
+"""Models by structure: a stock model whose layers run from one ``nn.ModuleList`` becomes an EP block stack with no
+row in the model-type table, and every head comes free.
+
+Most transformers models compute ``embeddings → for layer in layers: h = layer(h, **same_kind_of_keywords) →
+final norm + head + loss``. The stock ``forward`` itself is the adapter: each call runs it with the layers replaced
+by stand-in modules that take their place for that call.
+
+* block 1, ``s_0 → s_1``: the forward up to the first layer; ``s_1`` is the hidden state it hands that layer;
+* block ``l + 1``: the model's own layer ``l`` called with what the forward gives it (masks, rotary tables,
+  position ids: recorded once per batch by a run whose stand-ins compute nothing);
+* the last block: the forward from the last layer's output to the output of the **head module** (the last module
+  with parameters the forward runs: ``lm_head``, ``classifier``, ``qa_outputs``, ``score``); that output is ``s_L``;
+* the loss: the forward's own tail from the head module's output on (pooling at the last token, soft-capping,
+  splitting QA logits, reshaping multiple-choice scores, and the loss itself with ``num_items_in_batch``).
+
+So QA, multiple choice and any other head are the stock code. Each block re-runs the embedding (cheap); the cost
+of the generality is that work and the no-compute recording run. A model the recipe does not fit is refused when
+it is adapted (``EPTrainer.__init__``), on a probe batch, naming what failed: no list of identical layers, layers
+not called once each in order, layer inputs that depend on parameters (a position bias computed by the first
+layer), or traced blocks that do not reproduce the forward's logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import Cache
+from transformers.utils import find_labels
+
+from ..block_stack import BlockStack
+from .base import bind_inputs, replaying
+from .dropout import shared_mask_blocks, step_seeds
+
+MAIN_INPUTS = ("input_ids", "pixel_values", "input_values", "input_features")
+
+
+class DoesNotFit(TypeError):
+    """The model's structure is not the one this adapter turns into blocks; the message says what failed."""
+
+
+class _Stop(Exception):
+    """Ends a traced call of the forward once it has what it came for."""
+
+    def __init__(self, value):
+        super().__init__("traced forward stopped")
+        self.value = value
+
+
+class _StandIn(nn.Module):
+    """Takes a module's place (``real``) in the model for one traced call; ``trace`` decides what it does.
+    Attributes the forward reads off the module (``attention_type``, ...) come from the real one."""
+
+    def __init__(self, real: nn.Module, trace: _Trace, index: int | None = None):
+        super().__init__()
+        object.__setattr__(self, "real", real)
+        object.__setattr__(self, "trace", trace)
+        object.__setattr__(self, "index", index)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "real"), name)
+
+
+class _LayerStandIn(_StandIn):
+    """Layer ``index`` of the layer list."""
+
+    def forward(self, *args, **kwargs):
+        return self.trace.layer_call(self.index, args, kwargs)
+
+
+class _HeadStandIn(_StandIn):
+    """The head module: returns ``given`` (the output state) or stops after the real head."""
+
+    def forward(self, *args, **kwargs):
+        if self.trace.mode == "output":
+            return self.trace.given
+        raise _Stop(self.real(*args, **kwargs))
+
+
+class _Trace:
+    """What the stand-ins do in one traced call: ``record`` each layer's inputs (stop at the last), stop at the
+    first layer (``embed``), pass the hidden state through and give ``given`` as the last layer's output
+    (``tail``), or as the head module's (``output``)."""
+
+    def __init__(self, n_layers: int, tuple_output: int):
+        self.n_layers, self.tuple_output = n_layers, tuple_output
+        self.mode, self.given, self.calls = "record", None, []
+
+    def layer_call(self, index: int, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.mode == "record":
+            self.calls.append((index, args, kwargs))
+            if index == self.n_layers - 1:
+                raise _Stop(None)
+        elif self.mode == "embed":
+            raise _Stop(hidden)
+        elif self.mode == "tail" and index == self.n_layers - 1:
+            hidden = self.given
+        return (hidden, *[None] * (self.tuple_output - 1)) if self.tuple_output else hidden
+
+
+class TracedStructure:
+    """A model's layer list and head module, found and checked once (:func:`trace_structure`)."""
+
+    def __init__(self, model: nn.Module, layers_path: str, head_path: str, tuple_output: int):
+        """``tuple_output``: the length of the tuple a layer returns (0: a tensor)."""
+        self.layers_path, self.head_path, self.tuple_output = layers_path, head_path, tuple_output
+        self.forward = type(model).forward  # the class forward: the instance's routes EP's contrast
+        self.label_names = find_labels(type(model))
+        self.no_cache = _no_cache(self.forward)
+
+    @contextlib.contextmanager
+    def traced(self, model: nn.Module, trace: _Trace):
+        """The layer list's modules and the head module replaced by stand-ins for one call."""
+        layers = model.get_submodule(self.layers_path)
+        parent_path, _, head_name = self.head_path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        real_layers, real_head = dict(layers._modules), parent._modules[head_name]
+        try:
+            for i, (name, layer) in enumerate(real_layers.items()):
+                layers._modules[name] = _LayerStandIn(layer, trace, i)
+            parent._modules[head_name] = _HeadStandIn(real_head, trace)
+            yield
+        finally:
+            layers._modules.update(real_layers)
+            parent._modules[head_name] = real_head
+
+    def call(self, model: nn.Module, trace: _Trace, inputs: dict):
+        """The stock forward under ``trace``: what a stand-in stopped it with, or its output."""
+        with self.traced(model, trace):
+            try:
+                return self.forward(model, **inputs, **self.no_cache, return_dict=True)
+            except _Stop as stop:
+                return stop.value
+
+    def n_layers(self, model: nn.Module) -> int:
+        return len(model.get_submodule(self.layers_path))
+
+    def ep_stack(self, model: nn.Module, args: tuple, kwargs: dict, need_labels: bool = True) -> BlockStack:
+        kw = bind_inputs(model, args, kwargs)
+        name = next((n for n in MAIN_INPUTS if kw.get(n) is not None), None)
+        if name is None:
+            raise ValueError(f"EP needs the model's main input in every batch (one of {', '.join(MAIN_INPUTS)})")
+        batch_labels = {k: kw[k] for k in self.label_names if kw.get(k) is not None}
+        if need_labels and not batch_labels:
+            raise ValueError(f"EP training needs the labels in every batch ({', '.join(self.label_names)}): the "
+                             "nudged phase pulls the output towards them")
+        x = kw[name]
+        inputs = {k: v for k, v in kw.items() if k not in self.label_names and v is not None}
+        n = self.n_layers(model)
+        record = _Trace(n, self.tuple_output)
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            self.call(model, record, inputs)  # dropout draws here must not move the step's random stream
+        layers = list(model.get_submodule(self.layers_path))
+
+        def embedding(s: Tensor) -> Tensor:
+            trace = _Trace(n, self.tuple_output)
+            trace.mode = "embed"
+            return self.call(model, trace, {**inputs, name: s})
+
+        def layer(index: int, call_args: tuple, call_kwargs: dict) -> Callable[[Tensor], Tensor]:
+            module = layers[index]
+
+            def run(s: Tensor) -> Tensor:
+                out = module(s, *call_args[1:], **call_kwargs) if call_args else module(
+                    **{**call_kwargs, "hidden_states": s})
+                return out[0] if isinstance(out, tuple) else out
+
+            return run
+
+        def tail(s: Tensor) -> Tensor:
+            trace = _Trace(n, self.tuple_output)
+            trace.mode, trace.given = "tail", s
+            return self.call(model, trace, inputs)
+
+        def output(state: Tensor, labels: Tensor | None = None, **loss_kwargs):
+            """The forward's own tail from the head module's output ``state`` on, with the batch's labels."""
+            trace = _Trace(n, self.tuple_output)
+            trace.mode, trace.given = "output", state
+            given = {"labels": labels} if labels is not None else {}
+            return self.call(model, trace, {**inputs, **batch_labels, **given, **loss_kwargs})
+
+        blocks = [embedding, *(layer(i, a, k) for i, a, k in record.calls), tail]
+        blocks = shared_mask_blocks(blocks, step_seeds(model, len(blocks), replaying(model)), x.device)
+        return BlockStack(x, blocks, loss=lambda s: output(s)["loss"], output=output)
+
+
+def _no_cache(forward) -> dict:
+    """``use_cache=False`` where the forward takes it (by name, or through ``**kwargs`` to its base model): a cache
+    would make every call of a layer see the keys of the calls before."""
+    params = inspect.signature(forward).parameters.values()
+    takes = any(p.name == "use_cache" or p.kind is p.VAR_KEYWORD for p in params)
+    return {"use_cache": False} if takes else {}
+
+
+def find_layer_list(model: nn.Module) -> str:
+    """The path of the model's layer list: the ``nn.ModuleList`` of identical modules holding the most parameters,
+    not inside another such list. Refuses a model with none, or with a second list nearly as large (an
+    encoder–decoder's two stacks)."""
+    candidates = {}
+    for path, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size and not any(path.startswith(other + ".") for other in candidates):
+                candidates[path] = size
+    if not candidates:
+        raise DoesNotFit("no list of identical layers (an nn.ModuleList) was found to make EP blocks of")
+    ranked = sorted(candidates, key=candidates.get, reverse=True)
+    if len(ranked) > 1 and candidates[ranked[1]] >= 0.25 * candidates[ranked[0]]:
+        raise DoesNotFit(f"it runs several layer stacks ({ranked[0]}, {ranked[1]}): an encoder-decoder's "
+                                 "energy is a graph of states, which this adapter does not build")
+    return ranked[0]
+
+
+def probe_batch(model: nn.Module) -> dict:
+    """A small batch of the model's main input for the structural check: 2 rows of 6 tokens (3 choices for
+    multiple choice), or 2 images of the config's size."""
+    config, params = model.config, inspect.signature(type(model).forward).parameters
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    if "input_ids" in params:
+        vocab = getattr(config.get_text_config(), "vocab_size", 32)
+        shape = (2, 3, 6) if type(model).__name__.endswith("ForMultipleChoice") else (2, 6)
+        ids = torch.randint(min(4, vocab - 1), max(5, min(vocab, 64)), shape, generator=g)
+        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+    if "pixel_values" in params:
+        size, channels = getattr(config, "image_size", 32), getattr(config, "num_channels", 3)
+        size = size if isinstance(size, int) else size[0]
+        dtype = next(model.parameters()).dtype
+        return {"pixel_values": torch.rand(2, channels, size, size, generator=g).to(device, dtype)}
+    raise DoesNotFit(f"its forward takes none of input_ids / pixel_values, so no probe batch could check "
+                             "its structure")
+
+
+def trace_structure(model: nn.Module) -> TracedStructure:
+    """Find the layer list and the head module and check, on a probe batch, that the traced blocks reproduce the
+    stock forward; refuse naming what failed."""
+    layers_path = find_layer_list(model)
+    layers = model.get_submodule(layers_path)
+    batch = probe_batch(model)
+    forward = type(model).forward
+    calls, order = [], []
+    names = {m: n for n, m in model.named_modules()}
+    in_layers = {m for layer in layers for m in layer.modules()}
+
+    def on_layer(module, args, kwargs):
+        calls.append((module, args, kwargs))
+
+    def on_module(module, args, output):
+        if module not in in_layers and next(module.parameters(recurse=False), None) is not None:
+            order.append(module)
+
+    was_training = model.training
+    model.eval()
+    handles = [layer.register_forward_pre_hook(on_layer, with_kwargs=True) for layer in layers]
+    handles.append(torch.nn.modules.module.register_module_forward_hook(on_module))
+    try:
+        with torch.enable_grad():  # layer inputs that carry a graph depend on parameters
+            reference = forward(model, **batch, **_no_cache(forward), return_dict=True)
+    except Exception as err:
+        raise DoesNotFit(f"its forward did not run on a probe batch ({type(err).__name__}: {err})") from err
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if [c[0] for c in calls] != list(layers):
+        raise DoesNotFit(f"its forward does not call each of its {len(layers)} layers ({layers_path}) once, "
+                                 "in order")
+    for _, args, kwargs in calls:
+        if any(isinstance(v, Cache) for v in [*args, *kwargs.values()]):
+            raise DoesNotFit("its forward hands its layers a key/value cache even with use_cache=False")
+        for value in [*args[1:], *kwargs.values()]:
+            for t in (value if isinstance(value, (tuple, list)) else (value,)):
+                if isinstance(t, Tensor) and t.requires_grad:
+                    raise DoesNotFit(f"its layers ({layers_path}) get inputs besides the hidden state that "
+                                             "depend on parameters (e.g. a position bias the first layer computes)")
+    if not order:
+        raise DoesNotFit("its forward runs no module with parameters after its layers (no head)")
+    head = order[-1]
+    out = calls[0][0](*calls[0][1], **calls[0][2])
+    structure = TracedStructure(model, layers_path, names[head], len(out) if isinstance(out, tuple) else 0)
+    _check_reproduces(model, structure, batch, reference)
+    return structure
+
+
+def _check_reproduces(model: nn.Module, structure: TracedStructure, batch: dict, reference) -> None:
+    """The traced blocks' feed-forward output against the stock forward's logits (float rounding allowed)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stack = structure.ep_stack(model, (), batch, need_labels=False)
+            s = stack.inputs
+            for block in stack.blocks:
+                s = block(s)
+            traced = stack.output(s)
+    except Exception as err:  # a forward whose tail needs what the layers computed besides the hidden state
+        raise DoesNotFit(f"its forward cannot run with its layers ({structure.layers_path}) as separate blocks "
+                         f"({type(err).__name__}: {err})") from err
+    finally:
+        model.train(was_training)
+    for key, expected in reference.items():
+        if key == "loss" or not isinstance(expected, Tensor):
+            continue
+        got, expected = traced.get(key), expected.detach()
+        scale = float(expected.abs().max()) or 1.0
+        if got is None or got.shape != expected.shape or float((got - expected).abs().max()) > 1e-4 * scale:
+            gap = "its shape" if got is None or got.shape != expected.shape else (
+                f"{float((got - expected).abs().max()):.3g}")
+            raise DoesNotFit(f"its forward does more than run its layers ({structure.layers_path}) one after "
+                                     f"another: the traced blocks' {key} differ from the forward's ({gap})")
+
