@@ -65,6 +65,9 @@ JOBS = {"image": (image, 3), "text": (text, 3)}
 
 def main(args: list[str]) -> None:
     sys.meta_path.insert(0, BlockMepHf())
+    # run by path, this file's folder (mep_hf/hub) heads sys.path: its modules must not shadow installed ones
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     while args:  # several jobs in one process: ``image <model> <dir> <batch> text <model> <prompt> <n>``
         job, arity = JOBS[args[0]]
         result = job(*args[1 : 1 + arity])
