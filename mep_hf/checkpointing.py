@@ -15,11 +15,13 @@ The staging name matches neither ``get_last_checkpoint``'s ``^checkpoint-(\\d+)$
 of the same step and by :func:`remove_stale_staging`.
 
 Every checkpoint ends with ``ep_manifest.json`` (each file's size and SHA-256, the step, the training loss at the
-save), written last and atomically inside the staging folder. Resume verifies it before anything is loaded and
-refuses, naming the file, a checkpoint with a file missing, truncated or changed, without optimizer state (unless
-``ep_resume_without_optimizer_state``), or whose weights or model type do not fit the model. Rotation keeps the
-``save_total_limit`` newest checkpoints, the best one, and the one saved at the lowest training loss: a run that
-drifts upwards never deletes its last healthy state.
+save), written last and atomically inside the staging folder; once the next step has measured the training loss of
+the checkpoint's own parameters, that loss (``weights_loss``) joins it. Resume verifies it before anything is loaded
+and refuses, naming the file, a checkpoint with a file missing, truncated, changed or not listed, without optimizer
+state (unless ``ep_resume_without_optimizer_state``), or whose weights or model type do not fit the model. Rotation
+keeps the ``save_total_limit`` newest checkpoints, the best one, and the one whose own parameters had the lowest
+loss: a run that drifts upwards never deletes its last healthy state, and a checkpoint whose health is not known yet
+is never preferred to one known healthy.
 
 Callbacks with state of their own (e.g. :class:`~mep_hf.callbacks.EWCCallback`'s Fisher and anchors) join the
 checkpoint through a two-method protocol, :class:`CheckpointStateCallback`: ``save_checkpoint_state(folder)`` writes
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -44,6 +47,8 @@ STAGING_PREFIX = ".tmp-"
 TRAINER_STATE_NAME = "trainer_state.json"
 MANIFEST_NAME = "ep_manifest.json"
 OPTIMIZER_STATE_FILES = ("optimizer.pt", "scheduler.pt")
+# manifest key: the training loss of the checkpoint's own parameters, recorded when the next step measures it
+WEIGHTS_LOSS = "weights_loss"
 
 
 class CheckpointIntegrityError(ValueError):
@@ -71,15 +76,20 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _files(folder: str) -> list[str]:
+    """Every file under ``folder`` (relative paths) but the manifest itself."""
+    found = []
+    for root, _dirs, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(root, n), folder) for n in sorted(names)]
+    return [rel for rel in found if rel not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp")]
+
+
 def write_manifest(folder: str, **metadata) -> None:
     """Record every file of ``folder`` (size, SHA-256) and ``metadata`` in its manifest, atomically, last."""
     files = {}
-    for root, _dirs, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if rel != MANIFEST_NAME:
-                files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+    for rel in _files(folder):
+        path = os.path.join(folder, rel)
+        files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
     write_manifest_data(folder, {"format": 1, **metadata, "files": files})
 
 
@@ -132,6 +142,12 @@ def verify_checkpoint(folder: str, without_optimizer_state: bool = False) -> dic
                 f"checkpoint {folder} holds no {name}: resuming would silently restart the optimizer. "
                 "Pass ep_resume_without_optimizer_state=True to resume with a fresh optimizer state."
             )
+    unlisted = sorted(set(_files(folder)) - set(manifest["files"]))
+    if unlisted:
+        raise CheckpointIntegrityError(
+            f"checkpoint {folder} holds {', '.join(unlisted[:5])}, which its manifest does not list: a file was "
+            "added or its entry removed since the save, so it cannot be verified"
+        )
     for rel, entry in manifest["files"].items():
         path = os.path.join(folder, rel)
         if not os.path.isfile(path):
@@ -194,21 +210,32 @@ def _checkpoints(run_dir: str) -> list[str]:
     return sorted((os.path.join(run_dir, n) for n in names if os.path.isdir(os.path.join(run_dir, n))), key=_step)
 
 
+def record_weights_loss(folder: str, loss: float) -> None:
+    """Record the training loss of ``folder``'s own parameters (the first one measured on them) in its manifest."""
+    manifest = read_manifest(folder)
+    if WEIGHTS_LOSS not in manifest:
+        write_manifest_data(folder, {**manifest, WEIGHTS_LOSS: loss})
+
+
 def healthiest_checkpoint(run_dir: str) -> str | None:
-    """The checkpoint saved at the lowest training loss (from the manifests); ``None`` if none recorded one."""
-    best, best_loss = None, float("inf")
+    """The checkpoint whose own parameters had the lowest training loss (``weights_loss``), diverged ones excluded;
+    ``None`` while no checkpoint's health is known. ``train_loss`` (the loss at the save) is not used: it was
+    measured on the parameters before the checkpoint's own update, which may be the one that diverged."""
+    best, best_loss = None, math.inf
     for path in _checkpoints(run_dir):
         try:
-            loss = read_manifest(path).get("train_loss")
+            manifest = read_manifest(path)
         except CheckpointIntegrityError:
             continue
-        if loss is not None and loss < best_loss:
+        loss = manifest.get(WEIGHTS_LOSS)
+        if not manifest.get("diverged") and isinstance(loss, (int, float)) and math.isfinite(loss) and loss < best_loss:
             best, best_loss = path, loss
     return best
 
 
 def rotate_checkpoints(run_dir: str, save_total_limit: int | None, keep: list[str | None]) -> None:
-    """Delete all but the ``save_total_limit`` newest checkpoints and those in ``keep``."""
+    """Delete all but the ``save_total_limit`` newest checkpoints and those in ``keep`` (the trainer keeps the best
+    one and the healthiest, so the last checkpoint known healthy is never deleted)."""
     if not save_total_limit:
         return
     checkpoints = _checkpoints(run_dir)
@@ -282,10 +309,22 @@ class AtomicCheckpointMixin:
         """The recent training loss recorded in the manifest (the rotation keeps the lowest); subclasses supply it."""
         return None
 
+    def _checkpoint_of_current_parameters(self) -> str | None:
+        """The checkpoint holding the parameters being trained now, if this process writes it and it exists."""
+        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        return folder if self.args.should_save and os.path.isfile(os.path.join(folder, MANIFEST_NAME)) else None
+
+    def _record_checkpoint_health(self, loss: float) -> None:
+        """A training loss measured on the current parameters is the health of their checkpoint (the first one
+        measured is recorded; rotation keeps the healthiest checkpoint)."""
+        folder = self._checkpoint_of_current_parameters()
+        if folder is not None:
+            record_weights_loss(folder, loss)
+
     def _mark_checkpoint_diverged(self, reason: str) -> None:
         """Training diverged on the current parameters: if they are checkpointed, mark that checkpoint."""
-        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and os.path.isfile(os.path.join(folder, MANIFEST_NAME)):
+        folder = self._checkpoint_of_current_parameters()
+        if folder is not None:
             mark_diverged(folder, reason)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

@@ -114,6 +114,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         self._audit = GradientAudit(self.args.ep_audit_steps, self.args.ep_audit_min_cosine,
                                     self.args.ep_audit_max_rel_error, self.args.ep_audit_strict)
         self._loss_guard = LossGuard(self.args.ep_loss_guard_factor, self.args.ep_loss_guard_window)
+        self._rate_checkpoints = True  # training losses are the health of the checkpoint of their parameters
         # Trainer's loop sets this per accumulation window; the default lets training_step run on its own too.
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
@@ -239,11 +240,11 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         per-example ones): those losses are not training losses, so the divergence guard does not see them (only a
         non-finite loss still stops) and their settling diagnostics are not logged."""
         guard, ep_metrics = self._loss_guard, self._ep_metrics
-        self._loss_guard, self._ep_metrics = LossGuard(0, 1), defaultdict(list)
+        self._loss_guard, self._ep_metrics, self._rate_checkpoints = LossGuard(0, 1), defaultdict(list), False
         try:
             yield
         finally:
-            self._loss_guard, self._ep_metrics = guard, ep_metrics
+            self._loss_guard, self._ep_metrics, self._rate_checkpoints = guard, ep_metrics, True
 
     def _trainer_loss(self, model: nn.Module, stack: BlockStack, inputs: dict, num_items_in_batch):
         """``s_L ↦ Trainer.compute_loss`` of the model whose output state is ``s_L``: the loss EP nudges with."""
@@ -266,6 +267,8 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
     def _guard_against_divergence(self, loss: float) -> None:
         """Stop training (before this step can be checkpointed) when the feed-forward loss diverged. Under DDP the
         ranks decide together, so none is left waiting in a collective."""
+        if self._rate_checkpoints:
+            self._record_checkpoint_health(loss)
         reason = self._loss_guard.check(loss, self.state.global_step)
         if self.args.world_size > 1:
             flag = torch.tensor([float(reason is not None)], device=self.args.device)

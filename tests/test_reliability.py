@@ -14,7 +14,10 @@ from transformers import Trainer, TrainingArguments
 from mep_hf import CheckpointIntegrityError, EPMLPForImageClassification, EPTrainer, TrainingDivergedError
 from mep_hf.checkpointing import (
     MANIFEST_NAME,
+    WEIGHTS_LOSS,
     healthiest_checkpoint,
+    mark_diverged,
+    record_weights_loss,
     rotate_checkpoints,
     verify_checkpoint,
     write_manifest,
@@ -97,6 +100,20 @@ def test_damaged_files_are_refused_naming_the_file(tmp_path, checkpoint):
         resume(tmp_path, checkpoint)
 
 
+def test_files_the_manifest_does_not_list_are_refused(tmp_path, checkpoint):
+    """A manifest that omits model.safetensors (its entry removed, the weights swapped) or a file added after the
+    save: the checkpoint cannot be verified, and resume refuses it naming the file."""
+    manifest = json.loads((checkpoint / MANIFEST_NAME).read_text())
+    del manifest["files"]["model.safetensors"]
+    (checkpoint / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointIntegrityError, match=r"holds model\.safetensors, which its manifest does not list"):
+        resume(tmp_path, checkpoint)
+    write_manifest(str(checkpoint), global_step=3, train_loss=1.0)
+    (checkpoint / "extra.bin").write_bytes(b"payload")
+    with pytest.raises(CheckpointIntegrityError, match=r"holds extra\.bin, which its manifest does not list"):
+        verify_checkpoint(str(checkpoint))
+
+
 def test_checkpoint_without_manifest_is_refused(tmp_path, dataset):
     stock = Trainer(model=toy_model(), train_dataset=dataset, args=TrainingArguments(
         output_dir=str(tmp_path / "stock"), max_steps=2, save_strategy="steps", save_steps=2, report_to="none",
@@ -118,11 +135,13 @@ def test_weights_of_another_architecture_are_refused_not_loaded_with_a_warning(t
         resume(tmp_path, checkpoint)
 
 
-def test_exploding_loss_stops_training_and_a_healthy_checkpoint_remains(tmp_path):
+def test_exploding_loss_stops_training_and_the_kept_checkpoints_health_is_their_own(tmp_path):
     """learning_rate=3 with Adam (8 warm-up steps), a save every step, save_total_limit=2: the loss climbs from
     1.36 to 17 within five steps. The guard stops the run in the step that sees it explode, blaming the update; the
-    checkpoint holding the exploded parameters is marked so and refused on resume; rotation has kept the checkpoint
-    saved at the lowest loss beyond the limit, and it verifies and loads with a healthy loss."""
+    checkpoint holding the exploded parameters is marked so and refused on resume. Each kept checkpoint's health is
+    the loss of its own parameters (measured here on all 512 examples; the manifest's is the next step's batch of
+    16, so within a factor 2): the loss at the save, a median of losses before the checkpoint's own update, said
+    1.41 for checkpoint-3, whose weights have a loss of 6.4. Rotation kept the healthiest beyond the limit."""
     args = toy_args(tmp_path, learning_rate=3.0, warmup_steps=8, max_steps=200, save_strategy="steps", save_steps=1,
                     save_total_limit=2, logging_steps=1)
     trainer = EPTrainer(model=toy_model(), args=args, train_dataset=toy_images(512))
@@ -133,12 +152,16 @@ def test_exploding_loss_stops_training_and_a_healthy_checkpoint_remains(tmp_path
     with pytest.raises(CheckpointIntegrityError, match="training diverged"):
         verify_checkpoint(str(out / f"checkpoint-{step}"))
     checkpoints = sorted((p.name for p in out.glob("checkpoint-*")), key=lambda name: int(name.split("-")[1]))
-    losses = {name: json.loads((out / name / MANIFEST_NAME).read_text())["train_loss"] for name in checkpoints}
-    healthiest = min(losses, key=losses.get)
-    assert len(checkpoints) == 3 and healthiest == checkpoints[0], losses  # kept beyond the limit of 2
-    verify_checkpoint(str(out / healthiest))
     batch = toy_images(512)[:]
-    assert EPMLPForImageClassification.from_pretrained(out / healthiest)(**batch).loss < 1.5 < losses[checkpoints[-1]]
+    with torch.no_grad():
+        own = {name: float(EPMLPForImageClassification.from_pretrained(out / name)(**batch).loss) for name in checkpoints}
+    for name in checkpoints:
+        recorded = json.loads((out / name / MANIFEST_NAME).read_text()).get(WEIGHTS_LOSS)
+        assert recorded is not None and own[name] / 2 < recorded < 2 * own[name], (name, recorded, own)
+    healthiest = healthiest_checkpoint(str(out))
+    assert len(checkpoints) == 3 and healthiest == str(out / checkpoints[0]), own  # kept beyond the limit of 2
+    verify_checkpoint(healthiest)
+    assert own[checkpoints[0]] < 1.5 < 4 < own[checkpoints[1]] < own[checkpoints[2]]
 
 
 def test_a_loss_converged_near_zero_may_fluctuate():
@@ -149,16 +172,22 @@ def test_a_loss_converged_near_zero_may_fluctuate():
     assert "exploded" in guard.check(2.0, 8)
 
 
-def test_rotation_keeps_the_checkpoint_saved_at_the_lowest_loss(tmp_path):
-    """Five checkpoints whose recorded training loss fell, then climbed: with save_total_limit=2 the two newest
-    stay, and so does the healthiest (step 2), which the stock rotation would delete."""
-    for step, loss in zip(range(1, 6), [0.9, 0.3, 2.0, 5.0, 9.0]):
+def test_rotation_keeps_the_checkpoint_whose_own_weights_were_healthiest(tmp_path):
+    """Six checkpoints whose own weights' loss fell, then climbed (the newest not measured yet, the one of lowest
+    loss at its save diverged): with save_total_limit=2 the two newest stay, and so does the healthiest (step 2),
+    which the stock rotation would delete; a checkpoint of unknown health or a diverged one is never preferred."""
+    at_save = [0.9, 0.3, 0.1, 2.0, 5.0, 0.05]
+    own = [0.8, 0.3, 50.0, 4.0, 9.0, None]
+    for step, (loss, weights) in enumerate(zip(at_save, own), start=1):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x")
         write_manifest(str(folder), global_step=step, train_loss=loss)
+        if weights is not None:
+            record_weights_loss(str(folder), weights)
+    mark_diverged(str(tmp_path / "checkpoint-3"), "exploded")
     rotate_checkpoints(str(tmp_path), 2, [None, healthiest_checkpoint(str(tmp_path))])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-5", "checkpoint-6"]
 
 
 def test_huge_learning_rate_blames_the_update_not_beta(tmp_path, dataset):
