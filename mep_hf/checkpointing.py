@@ -47,6 +47,21 @@ STAGING_PREFIX = ".tmp-"
 TRAINER_STATE_NAME = "trainer_state.json"
 MANIFEST_NAME = "ep_manifest.json"
 OPTIMIZER_STATE_FILES = ("optimizer.pt", "scheduler.pt")
+# The settings a resumed run shares with its checkpoint (recorded in the manifest): they decide EP's gradient or the
+# optimizer's step, so a resume that changes one continues another run. ``ep_resume_allow_changes`` names those a
+# user changes on purpose. The saved optimizer and scheduler state hold the optimizer's type and hyperparameters: a
+# change of those needs a fresh optimizer (OPTIMIZER_STATE); a new learning rate rescales the saved one.
+RESUME_SETTINGS = (
+    "ep_energy", "ep_beta", "ep_nudge_displacement", "ep_nudging", "ep_free_steps", "ep_nudged_steps",
+    "ep_settle_mode", "ep_settle_steps", "ep_settle_lr", "ep_settle_tol",
+    "optim", "optim_args", "mep_optimizer", "mep_optimizer_options", "learning_rate", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+    "gradient_accumulation_steps", "per_device_train_batch_size",
+)
+OPTIMIZER_STATE = (
+    "optim", "optim_args", "mep_optimizer", "mep_optimizer_options", "weight_decay", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+)
 # manifest key: the training loss of the checkpoint's own parameters, recorded when the next step measures it
 WEIGHTS_LOSS = "weights_loss"
 
@@ -164,6 +179,36 @@ def verify_checkpoint(folder: str, without_optimizer_state: bool = False) -> dic
             raise CheckpointIntegrityError(f"checkpoint {folder} is damaged: {rel} changed since it was saved "
                                            "(its SHA-256 differs from the manifest's)")
     return manifest
+
+
+def resume_settings(args) -> dict:
+    """``args``' values of :data:`RESUME_SETTINGS`, as JSON (enums by their value)."""
+    values = {}
+    for name in RESUME_SETTINGS:
+        if hasattr(args, name):
+            value = getattr(args, name)
+            values[name] = getattr(value, "value", value)
+    return json.loads(json.dumps(values, default=str))
+
+
+def changed_settings(folder: str, manifest: dict, args) -> list[str]:
+    """The settings of :data:`RESUME_SETTINGS` that ``args`` changes from the checkpoint's. Refuses (naming each,
+    with both values) a change ``args.ep_resume_allow_changes`` does not allow; returns the allowed ones."""
+    saved, now = manifest.get("settings") or {}, resume_settings(args)
+    changed = {k: (saved[k], now[k]) for k in saved if k in now and saved[k] != now[k]}
+    allowed = set(getattr(args, "ep_resume_allow_changes", None) or ())
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        listed = "; ".join(f"{k}: {changed[k][0]!r} in the checkpoint, {changed[k][1]!r} now" for k in refused)
+        why = (" (the saved optimizer and scheduler state hold the checkpoint's: allowing this change needs "
+               "ep_resume_without_optimizer_state=True, and they start afresh)"
+               if set(refused) & set(OPTIMIZER_STATE) else "")
+        raise CheckpointIntegrityError(
+            f"checkpoint {folder} was trained with other settings than this run's: {listed}. Resuming would continue "
+            f"another run than the one saved{why}. Set them back, or pass ep_resume_allow_changes="
+            f"{refused!r} to change them on purpose."
+        )
+    return sorted(changed)
 
 
 def check_weights_fit(model: nn.Module, folder: str) -> None:
@@ -328,12 +373,35 @@ class AtomicCheckpointMixin:
             mark_diverged(folder, reason)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        verify_checkpoint(resume_from_checkpoint, getattr(self.args, "ep_resume_without_optimizer_state", False))
+        manifest = verify_checkpoint(resume_from_checkpoint,
+                                     getattr(self.args, "ep_resume_without_optimizer_state", False))
+        changed = changed_settings(resume_from_checkpoint, manifest, self.args)
+        self._ep_new_optimizer = bool(set(changed) & set(OPTIMIZER_STATE))
+        saved_lr = manifest["settings"]["learning_rate"] if "learning_rate" in changed else None
+        self._ep_lr_ratio = self.args.learning_rate / saved_lr if saved_lr else None
         model = model if model is not None else self.model
         check_weights_fit(model, resume_from_checkpoint)
         for callback in _stateful_callbacks(self):
             callback.load_checkpoint_state(resume_from_checkpoint, model)
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """The stock loading, with the changes ``ep_resume_allow_changes`` allows: another optimizer type or
+        hyperparameter starts optimizer and scheduler afresh (the saved state holds the old ones); a new
+        learning rate rescales the saved one (the moments are kept)."""
+        fresh = getattr(self, "_ep_new_optimizer", False)
+        super()._load_optimizer_and_scheduler(None if fresh else checkpoint)
+        ratio = getattr(self, "_ep_lr_ratio", None)
+        if checkpoint is None or fresh or ratio is None:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        scheduler = getattr(self.lr_scheduler, "base_lrs", None) is not None and self.lr_scheduler
+        if scheduler:
+            scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+            scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _save_checkpoint(self, model, trial):
         run_dir = self._get_output_dir(trial=trial)
@@ -369,7 +437,8 @@ class AtomicCheckpointMixin:
         if self.args.should_save:
             for callback in _stateful_callbacks(self):
                 callback.save_checkpoint_state(staged)
-            write_manifest(staged, global_step=self.state.global_step, train_loss=self._checkpoint_train_loss())
+            write_manifest(staged, global_step=self.state.global_step, train_loss=self._checkpoint_train_loss(),
+                           settings=resume_settings(self.args))
             publish(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
             keep = [self.state.best_model_checkpoint, healthiest_checkpoint(run_dir)]

@@ -114,6 +114,33 @@ def test_files_the_manifest_does_not_list_are_refused(tmp_path, checkpoint):
         verify_checkpoint(str(checkpoint))
 
 
+def test_resume_refuses_changed_settings_by_name_unless_allowed(tmp_path, checkpoint):
+    """The EP and optimization settings are the checkpoint's or the resume is refused, naming each change (was:
+    accepted in silence; another optimizer type crashed with KeyError 'momentum')."""
+    changes = dict(ep_beta=0.02, ep_nudging="centered", ep_settle_steps=2, gradient_accumulation_steps=2,
+                   learning_rate=2e-2)
+    with pytest.raises(CheckpointIntegrityError, match="other settings") as err:
+        resume(tmp_path, checkpoint, **changes)
+    for name, value in changes.items():
+        assert f"{name}: " in str(err.value) and f"{value!r} now" in str(err.value), name
+    with pytest.raises(CheckpointIntegrityError, match=r"optim: 'adamw_torch\w*' in the checkpoint, 'sgd' now.*"
+                                                        r"ep_resume_without_optimizer_state=True"):
+        resume(tmp_path, checkpoint, optim="sgd")
+    trainer = resume(tmp_path, checkpoint, learning_rate=2e-2, ep_resume_allow_changes="learning_rate")
+    assert trainer.state.global_step == 6 and set(trainer.lr_scheduler.base_lrs) == {2e-2}  # the saved 1e-2, rescaled
+    trainer = resume(tmp_path, checkpoint, optim="sgd", ep_resume_allow_changes=["optim"],
+                     ep_resume_without_optimizer_state=True)
+    assert trainer.state.global_step == 6 and isinstance(trainer.optimizer.optimizer, torch.optim.SGD)
+
+
+def test_invalid_resume_overrides_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"ep_resume_allow_changes names \['ep_bta'\]"):
+        toy_args(tmp_path, ep_resume_allow_changes="learning_rate,ep_bta")
+    with pytest.raises(ValueError, match=r"names \['mep_optimizer'\], which the saved optimizer.*"
+                                         "ep_resume_without_optimizer_state=True"):
+        toy_args(tmp_path, ep_resume_allow_changes=["mep_optimizer"])
+
+
 def test_checkpoint_without_manifest_is_refused(tmp_path, dataset):
     stock = Trainer(model=toy_model(), train_dataset=dataset, args=TrainingArguments(
         output_dir=str(tmp_path / "stock"), max_steps=2, save_strategy="steps", save_steps=2, report_to="none",
