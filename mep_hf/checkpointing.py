@@ -39,9 +39,12 @@ import re
 import shutil
 from typing import Protocol, runtime_checkable
 
+import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .run_lock import OutputDirLock, OutputDirLockedError
 
 STAGING_PREFIX = ".tmp-"
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -349,6 +352,28 @@ class AtomicCheckpointMixin:
     the rename. Resume (``_load_from_checkpoint``) verifies the manifest and the weights' fit first. When training
     diverges on checkpointed parameters, that checkpoint's manifest says so and resume refuses it.
     """
+
+    def train(self, *args, **kwargs):
+        """``Trainer.train`` holding ``output_dir``'s lock (:mod:`mep_hf.run_lock`): a second run on the same folder
+        is refused naming this one. Under DDP the process that saves holds it, and every rank learns of a refusal."""
+        lock, error = OutputDirLock(self.args.output_dir), None
+        if self.args.should_save:
+            try:
+                lock.acquire()
+            except OutputDirLockedError as err:
+                error = err
+        if self.args.world_size > 1:
+            flag = torch.tensor([float(error is not None)], device=self.args.device)
+            if float(self.accelerator.reduce(flag, "sum")) > 0 and error is None:
+                error = OutputDirLockedError(f"output_dir {self.args.output_dir} is in use by another training run "
+                                             "(the process of this run that saves found it locked)")
+        if error is not None:
+            lock.release()
+            raise error
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            lock.release()
 
     def _checkpoint_train_loss(self) -> float | None:
         """The recent training loss recorded in the manifest (the rotation keeps the lowest); subclasses supply it."""

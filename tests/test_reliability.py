@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,6 +27,7 @@ from mep_hf.checkpointing import (
 )
 from mep_hf.equilibrium import SettlingDivergedError
 from mep_hf.guard import LossGuard
+from mep_hf.run_lock import LOCK_NAME, OutputDirLockedError
 from tests.conftest import toy_args, toy_images, toy_model
 
 STEPS = dict(max_steps=6, save_strategy="steps", save_steps=3)
@@ -139,6 +143,38 @@ def test_invalid_resume_overrides_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"names \['mep_optimizer'\], which the saved optimizer.*"
                                          "ep_resume_without_optimizer_state=True"):
         toy_args(tmp_path, ep_resume_allow_changes=["mep_optimizer"])
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, dataset):
+    """Another process holds output_dir's lock (as a run does for the whole of train()): this run is refused naming
+    its pid and host, before any step. Once that process is killed, its lock file is left behind, and is taken over."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / LOCK_NAME)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, max_steps=2), train_dataset=dataset)
+        with pytest.raises(OutputDirLockedError, match=rf"in use by another training run \(pid {holder.pid} on host "
+                                                        rf"{socket.gethostname()}"):
+            trainer.train()
+        assert trainer.state.global_step == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / LOCK_NAME).is_file()  # the dead run's lock file, left behind
+    trainer.train()
+    assert trainer.state.global_step == 2 and not (out / LOCK_NAME).exists()
+
+
+HOLD_LOCK = """
+import fcntl, json, os, socket, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}).encode())
+print("held", flush=True)
+sys.stdin.read()
+"""
 
 
 def test_checkpoint_without_manifest_is_refused(tmp_path, dataset):
