@@ -22,6 +22,7 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
 from .audit import GradientAudit, agreement
+from .batch_checks import check_batch, check_dataset_fills_a_batch
 from .checkpointing import AtomicCheckpointMixin
 from .energies import resolve_energy
 from .equilibrium import BlockStack, SettlingDivergedError
@@ -95,6 +96,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty (0 examples): there is nothing to train on")
+        check_dataset_fills_a_batch(train_dataset, args)
         if model is not None and kwargs.get("processing_class") is None:
             # Like Trainer given a processing_class: what is saved goes into pipeline() (preprocessor_config.json).
             from .models.image_processing_ep import default_image_processor
@@ -140,7 +142,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`). On an audited
-        step (:mod:`mep_hf.audit`) a backprop step of the same loss follows, and only EP's gradient is kept."""
+        step (:mod:`mep_hf.audit`) a backprop step of the same loss follows, and only EP's gradient is kept. Ids and
+        labels out of the model's range, or all ignored, are refused first (:mod:`mep_hf.batch_checks`)."""
+        check_batch(self._unwrapped(model), inputs)
         if not (self._energy.has_backprop_reference and self._audit.due(self.state.global_step)):
             return self._step(model, inputs, num_items_in_batch, "ep")
         loss, cosine, rel_error = self.audit_step(model, inputs, num_items_in_batch)

@@ -14,7 +14,14 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from mep_hf import CheckpointIntegrityError, EPMLPForImageClassification, EPTrainer, TrainingDivergedError
+from mep_hf import (
+    CheckpointIntegrityError,
+    EPCharTransformerConfig,
+    EPCharTransformerForCausalLM,
+    EPMLPForImageClassification,
+    EPTrainer,
+    TrainingDivergedError,
+)
 from mep_hf.checkpointing import (
     MANIFEST_NAME,
     WEIGHTS_LOSS,
@@ -282,6 +289,39 @@ def test_string_or_missing_labels_and_empty_datasets_are_refused_clearly(tmp_pat
         EPTrainer(model=toy_model(), args=toy_args(tmp_path, max_steps=1), train_dataset=dataset.remove_columns("labels")).train()
     with pytest.raises(ValueError, match="train_dataset is empty"):
         EPTrainer(model=toy_model(), args=toy_args(tmp_path), train_dataset=dataset.select([]))
+
+
+def char_lm_batch(tmp_path, input_ids, labels, **args):
+    model = EPCharTransformerForCausalLM(EPCharTransformerConfig(vocab_size=12, hidden_size=16, num_hidden_layers=1,
+                                                                 num_attention_heads=2, max_position_embeddings=8))
+    data = Dataset.from_dict({"input_ids": input_ids, "labels": labels}).with_format("torch")
+    EPTrainer(model=model, args=toy_args(tmp_path, max_steps=1, per_device_train_batch_size=2, ep_beta=None,
+                                         ep_nudging=None, **args), train_dataset=data).train()
+
+
+@pytest.mark.parametrize("where,value", [("input_ids", 12), ("input_ids", -1), ("labels", 12), ("labels", -5)])
+def test_token_ids_and_labels_out_of_range_are_refused_naming_the_range(tmp_path, where, value):
+    ids = [[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]]
+    bad = [[1, 2, value, 4, 5, 6], [6, 5, 4, 3, 2, 1]]
+    inputs = {"input_ids": bad, "labels": ids} if where == "input_ids" else {"input_ids": ids, "labels": bad}
+    what = "vocabulary of 12 ids" if where == "input_ids" else "12 classes"
+    with pytest.raises(ValueError, match=rf"{where} hold {value}, outside the model's {what} \(0..11"):
+        char_lm_batch(tmp_path, **inputs)
+
+
+def test_a_batch_of_ignored_labels_is_refused_not_blamed_on_the_learning_rate(tmp_path):
+    with pytest.raises(ValueError, match=r"every label in this batch is -100 \(ignored\): there is nothing to learn"):
+        char_lm_batch(tmp_path, [[1, 2, 3, 4]] * 2, [[-100] * 4] * 2)
+
+
+def test_a_dataset_smaller_than_one_batch_with_drop_last_is_refused(tmp_path, dataset):
+    with pytest.raises(ValueError, match=r"train_dataset has 10 examples, fewer than one batch \(16 per device x 1 "
+                                         r"processes\).*training would run 0 steps"):
+        EPTrainer(model=toy_model(), args=toy_args(tmp_path, dataloader_drop_last=True),
+                  train_dataset=dataset.select(range(10)))
+    trainer = EPTrainer(model=toy_model(), args=toy_args(tmp_path, max_steps=1), train_dataset=dataset.select(range(10)))
+    trainer.train()
+    assert trainer.state.global_step == 1  # without drop_last the incomplete batch trains
 
 
 def test_forcing_triton_on_the_cpu_is_refused_clearly(tmp_path, dataset, monkeypatch):
