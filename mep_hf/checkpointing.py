@@ -86,7 +86,7 @@ def _stateful_callbacks(trainer) -> list[CheckpointStateCallback]:
     return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CheckpointStateCallback)]
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -107,7 +107,7 @@ def write_manifest(folder: str, **metadata) -> None:
     files = {}
     for rel in _files(folder):
         path = os.path.join(folder, rel)
-        files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+        files[rel] = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
     write_manifest_data(folder, {"format": 1, **metadata, "files": files})
 
 
@@ -178,7 +178,7 @@ def verify_checkpoint(folder: str, without_optimizer_state: bool = False) -> dic
             raise CheckpointIntegrityError(
                 f"checkpoint {folder} is damaged: {rel} has {size} bytes, {entry['size']} were saved (truncated?)"
             )
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise CheckpointIntegrityError(f"checkpoint {folder} is damaged: {rel} changed since it was saved "
                                            "(its SHA-256 differs from the manifest's)")
     return manifest

@@ -17,6 +17,7 @@ from typing import Any
 from .curve import CURVE_FILE, plot_curve
 from .run_card import run_card
 from .runs import Run
+from .transfer import write_files_record
 from .specs import ZOO_DATASETS, ZOO_ORG, DatasetSpec, ZooError, task_of
 
 
@@ -87,6 +88,7 @@ def package(
     curve = CURVE_FILE if plot_curve(run, task, zoo_dir / CURVE_FILE, baseline_run) else None
     card = run_card(run, zoo_dir.name, repo_id, task, spec, dataset, model, curve, baseline_run, tokenizer)
     card.save(zoo_dir / "README.md")
+    write_files_record(zoo_dir)
     return zoo_dir
 
 

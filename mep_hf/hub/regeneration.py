@@ -1,4 +1,5 @@
-"""``mep-hf-zoo regenerate``: a packaged folder's flat remote code, rewritten from the installed mep_hf."""
+"""``mep-hf-zoo regenerate``: a packaged folder's flat remote code (and its record of file digests), rewritten
+from the installed mep_hf."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 from .specs import ZooError
+from .transfer import FILES_RECORD, files_record
 
 
 def remote_code_classes(zoo_dir: str | Path) -> list[type]:
@@ -32,20 +34,27 @@ def remote_code_classes(zoo_dir: str | Path) -> list[type]:
 
 def regenerate(zoo_dir: str | Path, check: bool = False, version: str | None = None) -> list[str]:
     """Rewrite the flat remote code of a packaged folder from the installed mep_hf (weights, configs and card
-    untouched). Returns the files that were out of date (with ``check``: left as they are)."""
+    untouched), and its record of file digests (``zoo_manifest.json``) to match. Returns the files that were out
+    of date (with ``check``: left as they are)."""
     from .remote_code import flatten_sources
 
     zoo_dir = Path(zoo_dir)
     sources = flatten_sources(remote_code_classes(zoo_dir), version)
     stale = sorted(name for name, text in sources.items()
                    if not (zoo_dir / name).is_file() or (zoo_dir / name).read_text(encoding="utf-8") != text)
-    stale += sorted(p.name for p in zoo_dir.glob("*.py") if p.name not in sources)  # left over from another model
+    leftovers = sorted(p.name for p in zoo_dir.glob("*.py") if p.name not in sources)  # from another model
+    stale += leftovers
+    record = files_record(zoo_dir, {name: text.encode("utf-8") for name, text in sources.items()}, leftovers)
+    record_path = zoo_dir / FILES_RECORD
+    if not record_path.is_file() or record_path.read_text(encoding="utf-8") != record:
+        stale.append(FILES_RECORD)
     if not check:
         for name in stale:
             if name in sources:
                 (zoo_dir / name).write_text(sources[name], encoding="utf-8")
-            else:
+            elif name in leftovers:
                 (zoo_dir / name).unlink()
+        record_path.write_text(record, encoding="utf-8")
     return stale
 
 

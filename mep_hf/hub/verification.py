@@ -1,4 +1,5 @@
-"""``mep-hf-zoo verify``: an image card's accuracy reproduced the way a user without mep_hf would get it."""
+"""``mep-hf-zoo verify``: an image card's accuracy reproduced by ``pipeline()``, with mep_hf's own classes, or (opted
+in with ``--trust-remote-code``) with the folder's code in a process without mep_hf, as a user without it would."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from .specs import ZOO_DATASETS, ZooError
+from .transfer import check_files
 
 # run by path in a fresh interpreter, where it makes mep_hf unimportable (see its docstring)
 WITHOUT_MEP_HF = Path(__file__).with_name("without_mep_hf.py")
@@ -32,17 +34,24 @@ def run_without_mep_hf(*args: str, env: dict[str, str] | None = None, timeout: f
     return [json.loads(line) for line in lines]
 
 
-def verify(zoo_dir: str | Path, *, split: str = "test", batch_size: int = 1000, limit: int | None = None) -> dict:
-    """Reproduce an image zoo card's accuracy the way a user without mep_hf would: the card's dataset split (loaded
-    with mep_hf's loader) is written out as PNG files, exactly (each pixel must be ``uint8 · rescale_factor``),
-    and ``pipeline("image-classification", trust_remote_code=True)`` classifies them in a process where mep_hf
-    cannot be imported. Returns the card's and the pipeline's accuracy; raises if the pixels or numbers differ."""
+def verify(zoo_dir: str | Path, *, split: str = "test", batch_size: int = 1000, limit: int | None = None,
+           trust_remote_code: bool = False, verify_files: bool = True) -> dict:
+    """Reproduce an image zoo card's accuracy: the card's dataset split (loaded with mep_hf's loader) is written
+    out as PNG files, exactly (each pixel must be ``uint8 · rescale_factor``), and ``pipeline("image-classification")``
+    classifies them. Every file is first checked against the folder's ``zoo_manifest.json`` (``verify_files``).
+
+    No code of the folder runs unless ``trust_remote_code``: the pipeline runs here, with mep_hf's own classes (the
+    folder's ``auto_map`` names code that is not imported). With it, the pipeline runs the folder's code with
+    ``trust_remote_code=True`` in a process where mep_hf cannot be imported, as a user without mep_hf would.
+    Returns the card's and the pipeline's accuracy; raises if the pixels or numbers differ."""
     import importlib
 
     import numpy as np
     from PIL import Image
 
     zoo_dir = Path(zoo_dir)
+    if verify_files:
+        check_files(zoo_dir)
     card = ModelCard.load(zoo_dir / "README.md")
     dataset = (card.data.get("mep_hf") or {}).get("dataset")
     if dataset not in ZOO_DATASETS:
@@ -68,8 +77,15 @@ def verify(zoo_dir: str | Path, *, split: str = "test", batch_size: int = 1000, 
         for i, (image, label) in enumerate(zip(u8, rows["labels"])):
             array = image[0] if channels == 1 else image.transpose(1, 2, 0)
             Image.fromarray(array, "L" if channels == 1 else "RGB").save(f"{tmp}/{i}_{int(label)}.png")
-        (result,) = run_without_mep_hf("image", str(zoo_dir.resolve()), tmp, str(batch_size),
-                                       env={"HF_HOME": str(Path(tmp) / "hf_home")})
+        if trust_remote_code:
+            (result,) = run_without_mep_hf("image", str(zoo_dir.resolve()), tmp, str(batch_size),
+                                           env={"HF_HOME": str(Path(tmp) / "hf_home")})
+        else:
+            from .. import models  # noqa: F401  (registers mep_hf's classes with the Auto classes)
+            from .without_mep_hf import image
+
+            result = image(str(zoo_dir.resolve()), tmp, str(batch_size), trust_remote_code=False)
+            result["mep_hf_imported"] = True
     digest = hashlib.sha256(x.tobytes()).hexdigest()
     out = {"zoo_dir": str(zoo_dir), "dataset": dataset, "split": split, "n": result["n"],
            "card_accuracy": claimed.metric_value, "pipeline_accuracy": result["accuracy"],

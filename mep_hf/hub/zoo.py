@@ -21,12 +21,13 @@ from .packager import package
 from .regeneration import packaged_folders, regenerate, remote_code_classes
 from .run_card import PROMPT, card_usage
 from .specs import LICENSE, TASKS, ZOO_DATASETS, ZOO_ORG, DatasetSpec, TaskSpec, ZooError, task_of
-from .transfer import publish, pull
+from .transfer import FILES_RECORD, check_files, files_record, publish, pull, write_files_record
 from .verification import WITHOUT_MEP_HF, run_without_mep_hf, verify
 
 __all__ = [
-    "CURVE_FILE", "INDEX_BEGIN", "INDEX_END", "LICENSE", "PROMPT", "TASKS", "WITHOUT_MEP_HF", "ZOO_DATASETS",
-    "ZOO_ORG", "DatasetSpec", "TaskSpec", "ZooError", "card_usage", "index_rows", "package", "packaged_folders",
-    "plan", "plot_training_curve", "publish", "pull", "regenerate", "remote_code_classes", "render_index",
-    "run_without_mep_hf", "task_of", "verify", "write_index",
+    "CURVE_FILE", "FILES_RECORD", "INDEX_BEGIN", "INDEX_END", "LICENSE", "PROMPT", "TASKS", "WITHOUT_MEP_HF",
+    "ZOO_DATASETS", "ZOO_ORG", "DatasetSpec", "TaskSpec", "ZooError", "card_usage", "check_files", "files_record",
+    "index_rows", "package", "packaged_folders", "plan", "plot_training_curve", "publish", "pull", "regenerate",
+    "remote_code_classes", "render_index", "run_without_mep_hf", "task_of", "verify", "write_files_record",
+    "write_index",
 ]
