@@ -27,8 +27,12 @@ class OutputDirLockedError(RuntimeError):
 
 
 class OutputDirLock:
+    """The lock of one ``output_dir`` (see the module docstring): :meth:`acquire`, then :meth:`release`."""
+
     def __init__(self, output_dir: str):
-        self.output_dir, self.path, self.fd, self.created_dir = output_dir, os.path.join(output_dir, LOCK_NAME), None, False
+        self.output_dir, self.path = output_dir, os.path.join(output_dir, LOCK_NAME)
+        self.fd: int | None = None
+        self.created_dir = False  # removed again at release when the run left it empty
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`OutputDirLockedError` naming the run that holds it."""

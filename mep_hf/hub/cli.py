@@ -1,7 +1,7 @@
 """``mep-hf-zoo``: package training runs as Hub repos, publish and pull them, keep the zoo index current.
 
     mep-hf-zoo package runs/zoo/mnist_mlp model_zoo/mnist_mlp      # run dir -> complete Hub repo folder
-    mep-hf-zoo publish model_zoo/mnist_mlp <user-or-org>/mnist_mlp # create_repo + upload_folder (HF_TOKEN / hf auth login)
+    mep-hf-zoo publish model_zoo/mnist_mlp <user-or-org>/mnist_mlp # create_repo + create_commit (HF_TOKEN / hf auth login)
     mep-hf-zoo pull <user-or-org>/mnist_mlp [dir]                  # snapshot_download, every file's SHA-256 checked
     mep-hf-zoo verify model_zoo/mnist_mlp                          # card accuracy == pipeline() (mep_hf's classes)
     mep-hf-zoo verify model_zoo/mnist_mlp --trust-remote-code      # ... with the folder's code, without mep_hf
