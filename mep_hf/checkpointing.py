@@ -391,6 +391,14 @@ class AtomicCheckpointMixin:
         if folder is not None:
             record_weights_loss(folder, loss)
 
+    def _healthiest_checkpoint_hint(self) -> str:
+        """Where to resume from after a divergence: the checkpoint whose own weights had the lowest loss."""
+        folder = healthiest_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if folder is None:
+            return ""
+        loss = read_manifest(folder)[WEIGHTS_LOSS]
+        return f". The healthiest checkpoint is {folder} (the training loss of its weights: {loss:.4g})"
+
     def _mark_checkpoint_diverged(self, reason: str) -> None:
         """Training diverged on the current parameters: if they are checkpointed, mark that checkpoint."""
         folder = self._checkpoint_of_current_parameters()

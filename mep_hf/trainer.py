@@ -284,7 +284,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
     def _diverged(self, reason: str, cause: Exception | None = None):
         """End training: the current parameters diverged (their checkpoint, if any, is marked so)."""
         self._mark_checkpoint_diverged(reason)
-        raise TrainingDivergedError(reason) from cause
+        raise TrainingDivergedError(reason + self._healthiest_checkpoint_hint()) from cause
 
     def _checkpoint_train_loss(self) -> float | None:
         return self._loss_guard.recent_loss()

@@ -230,6 +230,7 @@ def test_exploding_loss_stops_training_and_the_kept_checkpoints_health_is_their_
         assert recorded is not None and own[name] / 2 < recorded < 2 * own[name], (name, recorded, own)
     healthiest = healthiest_checkpoint(str(out))
     assert len(checkpoints) == 3 and healthiest == str(out / checkpoints[0]), own  # kept beyond the limit of 2
+    assert f"The healthiest checkpoint is {healthiest}" in str(err.value)
     verify_checkpoint(healthiest)
     assert own[checkpoints[0]] < 1.5 < 4 < own[checkpoints[1]] < own[checkpoints[2]]
 
