@@ -345,13 +345,15 @@ def toy_dataset_dict():
     return DatasetDict(test=toy_uint8_images(96, seed=2))
 
 
-def test_verify_reproduces_the_card_without_mep_hf(image_run, tmp_path, monkeypatch):
+def test_verify_reproduces_the_card_without_mep_hf(image_run, tmp_path, monkeypatch, capsys):
     """`mep-hf-zoo verify --trust-remote-code`: the card's test split as PNG files, pipeline() in a process without
     mep_hf running the folder's code."""
     run, test = image_run
     zoo_cli(["package", str(run), str(tmp_path / "toy_mlp")])
     monkeypatch.setitem(zoo.ZOO_DATASETS, "toy", zoo.DatasetSpec(None, "toy", "test_hub.toy_dataset_dict", {}))
-    result = zoo.verify(tmp_path / "toy_mlp", batch_size=7, trust_remote_code=True)
+    capsys.readouterr()
+    assert zoo_cli(["verify", str(tmp_path / "toy_mlp"), "--batch_size", "7", "--trust-remote-code"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
     assert result["pipeline_accuracy"] == result["card_accuracy"] == expected
     assert (result["n"], result["pixels_identical"], result["mep_hf_imported"]) == (len(test), True, False)
