@@ -35,8 +35,7 @@ from .optim import PRESETS, build_optimizer
 from .runtime import configure_threads
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "PRESETS",

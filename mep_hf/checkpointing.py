@@ -15,11 +15,13 @@ The staging name matches neither ``get_last_checkpoint``'s ``^checkpoint-(\\d+)$
 of the same step and by :func:`remove_stale_staging`.
 
 Every checkpoint ends with ``ep_manifest.json`` (each file's size and SHA-256, the step, the training loss at the
-save), written last and atomically inside the staging folder. Resume verifies it before anything is loaded and
-refuses, naming the file, a checkpoint with a file missing, truncated or changed, without optimizer state (unless
-``ep_resume_without_optimizer_state``), or whose weights or model type do not fit the model. Rotation keeps the
-``save_total_limit`` newest checkpoints, the best one, and the one saved at the lowest training loss: a run that
-drifts upwards never deletes its last healthy state.
+save), written last and atomically inside the staging folder; once the next step has measured the training loss of
+the checkpoint's own parameters, that loss (``weights_loss``) joins it. Resume verifies it before anything is loaded
+and refuses, naming the file, a checkpoint with a file missing, truncated, changed or not listed, without optimizer
+state (unless ``ep_resume_without_optimizer_state``), or whose weights or model type do not fit the model. Rotation
+keeps the ``save_total_limit`` newest checkpoints, the best one, and the one whose own parameters had the lowest
+loss: a run that drifts upwards never deletes its last healthy state, and a checkpoint whose health is not known yet
+is never preferred to one known healthy.
 
 Callbacks with state of their own (e.g. :class:`~mep_hf.callbacks.EWCCallback`'s Fisher and anchors) join the
 checkpoint through a two-method protocol, :class:`CheckpointStateCallback`: ``save_checkpoint_state(folder)`` writes
@@ -31,19 +33,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 from typing import Protocol, runtime_checkable
 
+import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .run_lock import OutputDirLock, OutputDirLockedError
 
 STAGING_PREFIX = ".tmp-"
 TRAINER_STATE_NAME = "trainer_state.json"
 MANIFEST_NAME = "ep_manifest.json"
 OPTIMIZER_STATE_FILES = ("optimizer.pt", "scheduler.pt")
+# The settings a resumed run shares with its checkpoint (recorded in the manifest): they decide EP's gradient or the
+# optimizer's step, so a resume that changes one continues another run. ``ep_resume_allow_changes`` names those a
+# user changes on purpose. The saved optimizer and scheduler state hold the optimizer's type and hyperparameters: a
+# change of those needs a fresh optimizer (OPTIMIZER_STATE); a new learning rate rescales the saved one.
+RESUME_SETTINGS = (
+    "ep_energy", "ep_beta", "ep_nudge_displacement", "ep_nudging", "ep_free_steps", "ep_nudged_steps",
+    "ep_settle_mode", "ep_settle_steps", "ep_settle_lr", "ep_settle_tol",
+    "optim", "optim_args", "mep_optimizer", "mep_optimizer_options", "learning_rate", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+    "gradient_accumulation_steps", "per_device_train_batch_size",
+)
+OPTIMIZER_STATE = (
+    "optim", "optim_args", "mep_optimizer", "mep_optimizer_options", "weight_decay", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+)
+# manifest key: the training loss of the checkpoint's own parameters, recorded when the next step measures it
+WEIGHTS_LOSS = "weights_loss"
 
 
 class CheckpointIntegrityError(ValueError):
@@ -63,7 +86,7 @@ def _stateful_callbacks(trainer) -> list[CheckpointStateCallback]:
     return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CheckpointStateCallback)]
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -71,15 +94,20 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _files(folder: str) -> list[str]:
+    """Every file under ``folder`` (relative paths) but the manifest itself."""
+    found = []
+    for root, _dirs, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(root, n), folder) for n in sorted(names)]
+    return [rel for rel in found if rel not in (MANIFEST_NAME, MANIFEST_NAME + ".tmp")]
+
+
 def write_manifest(folder: str, **metadata) -> None:
     """Record every file of ``folder`` (size, SHA-256) and ``metadata`` in its manifest, atomically, last."""
     files = {}
-    for root, _dirs, names in os.walk(folder):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder)
-            if rel != MANIFEST_NAME:
-                files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+    for rel in _files(folder):
+        path = os.path.join(folder, rel)
+        files[rel] = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
     write_manifest_data(folder, {"format": 1, **metadata, "files": files})
 
 
@@ -132,6 +160,12 @@ def verify_checkpoint(folder: str, without_optimizer_state: bool = False) -> dic
                 f"checkpoint {folder} holds no {name}: resuming would silently restart the optimizer. "
                 "Pass ep_resume_without_optimizer_state=True to resume with a fresh optimizer state."
             )
+    unlisted = sorted(set(_files(folder)) - set(manifest["files"]))
+    if unlisted:
+        raise CheckpointIntegrityError(
+            f"checkpoint {folder} holds {', '.join(unlisted[:5])}, which its manifest does not list: a file was "
+            "added or its entry removed since the save, so it cannot be verified"
+        )
     for rel, entry in manifest["files"].items():
         path = os.path.join(folder, rel)
         if not os.path.isfile(path):
@@ -144,10 +178,40 @@ def verify_checkpoint(folder: str, without_optimizer_state: bool = False) -> dic
             raise CheckpointIntegrityError(
                 f"checkpoint {folder} is damaged: {rel} has {size} bytes, {entry['size']} were saved (truncated?)"
             )
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise CheckpointIntegrityError(f"checkpoint {folder} is damaged: {rel} changed since it was saved "
                                            "(its SHA-256 differs from the manifest's)")
     return manifest
+
+
+def resume_settings(args) -> dict:
+    """``args``' values of :data:`RESUME_SETTINGS`, as JSON (enums by their value)."""
+    values = {}
+    for name in RESUME_SETTINGS:
+        if hasattr(args, name):
+            value = getattr(args, name)
+            values[name] = getattr(value, "value", value)
+    return json.loads(json.dumps(values, default=str))
+
+
+def changed_settings(folder: str, manifest: dict, args) -> list[str]:
+    """The settings of :data:`RESUME_SETTINGS` that ``args`` changes from the checkpoint's. Refuses (naming each,
+    with both values) a change ``args.ep_resume_allow_changes`` does not allow; returns the allowed ones."""
+    saved, now = manifest.get("settings") or {}, resume_settings(args)
+    changed = {k: (saved[k], now[k]) for k in saved if k in now and saved[k] != now[k]}
+    allowed = set(getattr(args, "ep_resume_allow_changes", None) or ())
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        listed = "; ".join(f"{k}: {changed[k][0]!r} in the checkpoint, {changed[k][1]!r} now" for k in refused)
+        why = (" (the saved optimizer and scheduler state hold the checkpoint's: allowing this change needs "
+               "ep_resume_without_optimizer_state=True, and they start afresh)"
+               if set(refused) & set(OPTIMIZER_STATE) else "")
+        raise CheckpointIntegrityError(
+            f"checkpoint {folder} was trained with other settings than this run's: {listed}. Resuming would continue "
+            f"another run than the one saved{why}. Set them back, or pass ep_resume_allow_changes="
+            f"{refused!r} to change them on purpose."
+        )
+    return sorted(changed)
 
 
 def check_weights_fit(model: nn.Module, folder: str) -> None:
@@ -194,21 +258,32 @@ def _checkpoints(run_dir: str) -> list[str]:
     return sorted((os.path.join(run_dir, n) for n in names if os.path.isdir(os.path.join(run_dir, n))), key=_step)
 
 
+def record_weights_loss(folder: str, loss: float) -> None:
+    """Record the training loss of ``folder``'s own parameters (the first one measured on them) in its manifest."""
+    manifest = read_manifest(folder)
+    if WEIGHTS_LOSS not in manifest:
+        write_manifest_data(folder, {**manifest, WEIGHTS_LOSS: loss})
+
+
 def healthiest_checkpoint(run_dir: str) -> str | None:
-    """The checkpoint saved at the lowest training loss (from the manifests); ``None`` if none recorded one."""
-    best, best_loss = None, float("inf")
+    """The checkpoint whose own parameters had the lowest training loss (``weights_loss``), diverged ones excluded;
+    ``None`` while no checkpoint's health is known. ``train_loss`` (the loss at the save) is not used: it was
+    measured on the parameters before the checkpoint's own update, which may be the one that diverged."""
+    best, best_loss = None, math.inf
     for path in _checkpoints(run_dir):
         try:
-            loss = read_manifest(path).get("train_loss")
+            manifest = read_manifest(path)
         except CheckpointIntegrityError:
             continue
-        if loss is not None and loss < best_loss:
+        loss = manifest.get(WEIGHTS_LOSS)
+        if not manifest.get("diverged") and isinstance(loss, (int, float)) and math.isfinite(loss) and loss < best_loss:
             best, best_loss = path, loss
     return best
 
 
 def rotate_checkpoints(run_dir: str, save_total_limit: int | None, keep: list[str | None]) -> None:
-    """Delete all but the ``save_total_limit`` newest checkpoints and those in ``keep``."""
+    """Delete all but the ``save_total_limit`` newest checkpoints and those in ``keep`` (the trainer keeps the best
+    one and the healthiest, so the last checkpoint known healthy is never deleted)."""
     if not save_total_limit:
         return
     checkpoints = _checkpoints(run_dir)
@@ -278,23 +353,88 @@ class AtomicCheckpointMixin:
     diverges on checkpointed parameters, that checkpoint's manifest says so and resume refuses it.
     """
 
+    def train(self, *args, **kwargs):
+        """``Trainer.train`` holding ``output_dir``'s lock (:mod:`mep_hf.run_lock`): a second run on the same folder
+        is refused naming this one. Under DDP the process that saves holds it, and every rank learns of a refusal."""
+        lock, error = OutputDirLock(self.args.output_dir), None
+        if self.args.should_save:
+            try:
+                lock.acquire()
+            except OutputDirLockedError as err:
+                error = err
+        if self.args.world_size > 1:
+            flag = torch.tensor([float(error is not None)], device=self.args.device)
+            if float(self.accelerator.reduce(flag, "sum")) > 0 and error is None:
+                error = OutputDirLockedError(f"output_dir {self.args.output_dir} is in use by another training run "
+                                             "(the process of this run that saves found it locked)")
+        if error is not None:
+            lock.release()
+            raise error
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            lock.release()
+
     def _checkpoint_train_loss(self) -> float | None:
         """The recent training loss recorded in the manifest (the rotation keeps the lowest); subclasses supply it."""
         return None
 
+    def _checkpoint_of_current_parameters(self) -> str | None:
+        """The checkpoint holding the parameters being trained now, if this process writes it and it exists."""
+        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        return folder if self.args.should_save and os.path.isfile(os.path.join(folder, MANIFEST_NAME)) else None
+
+    def _record_checkpoint_health(self, loss: float) -> None:
+        """A training loss measured on the current parameters is the health of their checkpoint (the first one
+        measured is recorded; rotation keeps the healthiest checkpoint)."""
+        folder = self._checkpoint_of_current_parameters()
+        if folder is not None:
+            record_weights_loss(folder, loss)
+
+    def _healthiest_checkpoint_hint(self) -> str:
+        """Where to resume from after a divergence: the checkpoint whose own weights had the lowest loss."""
+        folder = healthiest_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        if folder is None:
+            return ""
+        loss = read_manifest(folder)[WEIGHTS_LOSS]
+        return f". The healthiest checkpoint is {folder} (the training loss of its weights: {loss:.4g})"
+
     def _mark_checkpoint_diverged(self, reason: str) -> None:
         """Training diverged on the current parameters: if they are checkpointed, mark that checkpoint."""
-        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and os.path.isfile(os.path.join(folder, MANIFEST_NAME)):
+        folder = self._checkpoint_of_current_parameters()
+        if folder is not None:
             mark_diverged(folder, reason)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        verify_checkpoint(resume_from_checkpoint, getattr(self.args, "ep_resume_without_optimizer_state", False))
+        manifest = verify_checkpoint(resume_from_checkpoint,
+                                     getattr(self.args, "ep_resume_without_optimizer_state", False))
+        changed = changed_settings(resume_from_checkpoint, manifest, self.args)
+        self._ep_new_optimizer = bool(set(changed) & set(OPTIMIZER_STATE))
+        saved_lr = manifest["settings"]["learning_rate"] if "learning_rate" in changed else None
+        self._ep_lr_ratio = self.args.learning_rate / saved_lr if saved_lr else None
         model = model if model is not None else self.model
         check_weights_fit(model, resume_from_checkpoint)
         for callback in _stateful_callbacks(self):
             callback.load_checkpoint_state(resume_from_checkpoint, model)
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """The stock loading, with the changes ``ep_resume_allow_changes`` allows: another optimizer type or
+        hyperparameter starts optimizer and scheduler afresh (the saved state holds the old ones); a new
+        learning rate rescales the saved one (the moments are kept)."""
+        fresh = getattr(self, "_ep_new_optimizer", False)
+        super()._load_optimizer_and_scheduler(None if fresh else checkpoint)
+        ratio = getattr(self, "_ep_lr_ratio", None)
+        if checkpoint is None or fresh or ratio is None:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        scheduler = getattr(self.lr_scheduler, "base_lrs", None) is not None and self.lr_scheduler
+        if scheduler:
+            scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+            scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _save_checkpoint(self, model, trial):
         run_dir = self._get_output_dir(trial=trial)
@@ -330,7 +470,8 @@ class AtomicCheckpointMixin:
         if self.args.should_save:
             for callback in _stateful_callbacks(self):
                 callback.save_checkpoint_state(staged)
-            write_manifest(staged, global_step=self.state.global_step, train_loss=self._checkpoint_train_loss())
+            write_manifest(staged, global_step=self.state.global_step, train_loss=self._checkpoint_train_loss(),
+                           settings=resume_settings(self.args))
             publish(staged, final)
             shutil.rmtree(staging_root, ignore_errors=True)
             keep = [self.state.best_model_checkpoint, healthiest_checkpoint(run_dir)]

@@ -22,6 +22,7 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
 from .audit import GradientAudit, agreement
+from .batch_checks import check_batch, check_dataset_fills_a_batch
 from .checkpointing import AtomicCheckpointMixin
 from .block_stack import BlockStack
 from .energies import energy_settings, resolve_energy
@@ -97,6 +98,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         train_dataset = kwargs.get("train_dataset")
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty (0 examples): there is nothing to train on")
+        check_dataset_fills_a_batch(train_dataset, args)
         if model is not None and kwargs.get("processing_class") is None:
             # Like Trainer given a processing_class: what is saved goes into pipeline() (preprocessor_config.json).
             from .models.image_processing_ep import default_image_processor
@@ -116,6 +118,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         self._audit = GradientAudit(self.args.ep_audit_steps, self.args.ep_audit_min_cosine,
                                     self.args.ep_audit_max_rel_error, self.args.ep_audit_strict)
         self._loss_guard = LossGuard(self.args.ep_loss_guard_factor, self.args.ep_loss_guard_window)
+        self._rate_checkpoints = True  # training losses are the health of the checkpoint of their parameters
         # Trainer's loop sets this per accumulation window; the default lets training_step run on its own too.
         self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
@@ -141,7 +144,9 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         """Trainer's own step; its ``compute_loss`` call gets the EP loss (see :meth:`compute_loss`). On an audited
-        step (:mod:`mep_hf.audit`) a backprop step of the same loss follows, and only EP's gradient is kept."""
+        step (:mod:`mep_hf.audit`) a backprop step of the same loss follows, and only EP's gradient is kept. Ids and
+        labels out of the model's range, or all ignored, are refused first (:mod:`mep_hf.batch_checks`)."""
+        check_batch(self._unwrapped(model), inputs)
         if not (self._energy.has_backprop_reference and self._audit.due(self.state.global_step)):
             return self._step(model, inputs, num_items_in_batch, "ep")
         loss, cosine, rel_error = self.audit_step(model, inputs, num_items_in_batch)
@@ -241,11 +246,11 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         per-example ones): those losses are not training losses, so the divergence guard does not see them (only a
         non-finite loss still stops) and their settling diagnostics are not logged."""
         guard, ep_metrics = self._loss_guard, self._ep_metrics
-        self._loss_guard, self._ep_metrics = LossGuard(0, 1), defaultdict(list)
+        self._loss_guard, self._ep_metrics, self._rate_checkpoints = LossGuard(0, 1), defaultdict(list), False
         try:
             yield
         finally:
-            self._loss_guard, self._ep_metrics = guard, ep_metrics
+            self._loss_guard, self._ep_metrics, self._rate_checkpoints = guard, ep_metrics, True
 
     def _trainer_loss(self, model: nn.Module, stack: BlockStack, inputs: dict, num_items_in_batch):
         """``s_L ↦ Trainer.compute_loss`` of the model whose output state is ``s_L``: the loss EP nudges with."""
@@ -268,6 +273,8 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
     def _guard_against_divergence(self, loss: float) -> None:
         """Stop training (before this step can be checkpointed) when the feed-forward loss diverged. Under DDP the
         ranks decide together, so none is left waiting in a collective."""
+        if self._rate_checkpoints:
+            self._record_checkpoint_health(loss)
         reason = self._loss_guard.check(loss, self.state.global_step)
         if self.args.world_size > 1:
             flag = torch.tensor([float(reason is not None)], device=self.args.device)
@@ -279,7 +286,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
     def _diverged(self, reason: str, cause: Exception | None = None):
         """End training: the current parameters diverged (their checkpoint, if any, is marked so)."""
         self._mark_checkpoint_diverged(reason)
-        raise TrainingDivergedError(reason) from cause
+        raise TrainingDivergedError(reason + self._healthiest_checkpoint_hint()) from cause
 
     def _checkpoint_train_loss(self) -> float | None:
         return self._loss_guard.recent_loss()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from .checkpointing import OPTIMIZER_STATE, RESUME_SETTINGS
 from .energies import ENERGIES
 from .energies.layered import ScaleFreeBeta, SettleConfig
 from .energies.settings import from_arguments
@@ -113,6 +114,15 @@ class EPTrainingArguments(TrainingArguments):
         metadata={"help": "Resume from a checkpoint that lacks optimizer.pt / scheduler.pt, with a fresh optimizer "
                           "(otherwise such a checkpoint is refused)."},
     )
+    ep_resume_allow_changes: None | str | list[str] = field(
+        default=None,
+        metadata={"help": "Settings this run may change from the checkpoint it resumes (a list, or names separated "
+                          "by commas), e.g. 'learning_rate,ep_beta'. Resume refuses any other change of the EP and "
+                          "optimization settings (mep_hf.checkpointing.RESUME_SETTINGS). Changing optim or "
+                          "another optimizer hyperparameter (OPTIMIZER_STATE) also needs "
+                          "ep_resume_without_optimizer_state=True: optimizer and scheduler then start afresh; a new "
+                          "learning_rate rescales the saved one."},
+    )
     mep_optimizer: str | None = field(
         default=None,
         metadata={"help": "Name of a MEP optimizer preset (see mep_hf.optim.PRESETS); default: the Trainer's `optim`."},
@@ -153,6 +163,7 @@ class EPTrainingArguments(TrainingArguments):
             isinstance(self.ep_loss_guard_window, int) and self.ep_loss_guard_window >= 5
         ):
             raise ValueError(f"ep_loss_guard_window must be an integer >= 5, got {self.ep_loss_guard_window!r}")
+        self._check_resume_allow_changes()
         if isinstance(self.mep_optimizer_options, str):
             try:
                 self.mep_optimizer_options = json.loads(self.mep_optimizer_options)
@@ -162,6 +173,24 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"mep_optimizer_options must be a dict, got {type(self.mep_optimizer_options).__name__}")
         if self.mep_optimizer_options and self.mep_optimizer is None:
             raise ValueError("mep_optimizer_options were given but no mep_optimizer preset is set")
+
+    def _check_resume_allow_changes(self) -> None:
+        names = self.ep_resume_allow_changes
+        if names is None:
+            return
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"ep_resume_allow_changes must be a list of setting names, got {names!r}")
+        unknown = [n for n in names if n not in RESUME_SETTINGS]
+        if unknown:
+            raise ValueError(f"ep_resume_allow_changes names {unknown}, which resume does not compare; it compares "
+                             f"{', '.join(RESUME_SETTINGS)}")
+        held = [n for n in names if n in OPTIMIZER_STATE]
+        if held and not self.ep_resume_without_optimizer_state:
+            raise ValueError(f"ep_resume_allow_changes names {held}, which the saved optimizer and scheduler state "
+                             "hold: also set ep_resume_without_optimizer_state=True (they then start afresh)")
+        self.ep_resume_allow_changes = list(names)
 
 
 def _is_number(value) -> bool:

@@ -96,6 +96,11 @@ class HubServer(ThreadingHTTPServer):
         with self.lock:
             return dict(self.repos[repo_id].at(revision).files)
 
+    def tamper(self, repo_id: str, path: str, data: bytes) -> None:
+        """Change a file of the latest commit in place, as an attacker on the server would (no new commit)."""
+        with self.lock:
+            self.repos[repo_id].commits[-1].files[path] = data
+
     def history(self, repo_id: str) -> list[str]:
         with self.lock:
             return [c.message for c in self.repos[repo_id].commits]

@@ -345,15 +345,78 @@ def toy_dataset_dict():
     return DatasetDict(test=toy_uint8_images(96, seed=2))
 
 
-def test_verify_reproduces_the_card_without_mep_hf(image_run, tmp_path, monkeypatch):
-    """`mep-hf-zoo verify`: the card's test split as PNG files, pipeline() in a process without mep_hf."""
+def test_verify_reproduces_the_card_without_mep_hf(image_run, tmp_path, monkeypatch, capsys):
+    """`mep-hf-zoo verify --trust-remote-code`: the card's test split as PNG files, pipeline() in a process without
+    mep_hf running the folder's code."""
     run, test = image_run
     zoo_cli(["package", str(run), str(tmp_path / "toy_mlp")])
     monkeypatch.setitem(zoo.ZOO_DATASETS, "toy", zoo.DatasetSpec(None, "toy", "test_hub.toy_dataset_dict", {}))
-    result = zoo.verify(tmp_path / "toy_mlp", batch_size=7)
+    capsys.readouterr()
+    assert zoo_cli(["verify", str(tmp_path / "toy_mlp"), "--batch_size", "7", "--trust-remote-code"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = json.loads((run / "test_results.json").read_text())["test_accuracy"]
     assert result["pipeline_accuracy"] == result["card_accuracy"] == expected
     assert (result["n"], result["pixels_identical"], result["mep_hf_imported"]) == (len(test), True, False)
+
+
+def flip_lowest_mantissa_bit(weights: Path) -> bytes:
+    """model.safetensors with the lowest mantissa bit of its last float32 flipped (a change of about 1e-7)."""
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 0x01  # little-endian: the last value's lowest byte
+    return bytes(data)
+
+
+def test_verify_runs_no_folder_code_unless_trusted_and_checks_every_file(image_run, tmp_path, monkeypatch):
+    """A folder whose modeling file carries a payload (recorded, as its publisher would): `verify` reproduces the
+    card with mep_hf's classes and the payload never runs (it ran with the old hard-coded trust_remote_code=True).
+    A low-mantissa flip in the weights, too small to move the accuracy, is refused naming the file."""
+    run, _ = image_run
+    folder, marker = tmp_path / "toy_mlp", tmp_path / "payload_ran"
+    zoo_cli(["package", str(run), str(folder)])
+    modeling = folder / "modeling_ep_mlp.py"
+    modeling.write_text(modeling.read_text() + f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    zoo.write_files_record(folder)
+    monkeypatch.setitem(zoo.ZOO_DATASETS, "toy", zoo.DatasetSpec(None, "toy", "test_hub.toy_dataset_dict", {}))
+    result = zoo.verify(folder, batch_size=32)
+    assert not marker.exists() and result["mep_hf_imported"] is True
+    assert result["pipeline_accuracy"] == result["card_accuracy"] and result["pixels_identical"]
+
+    weights = folder / "model.safetensors"
+    weights.write_bytes(flip_lowest_mantissa_bit(weights))
+    with pytest.raises(zoo.ZooError, match=r"model\.safetensors differs from the file that was published"):
+        zoo.verify(folder, batch_size=32)
+    assert zoo.verify(folder, batch_size=32, verify_files=False)["pipeline_accuracy"] == result["card_accuracy"]
+    (folder / "zoo_manifest.json").unlink()
+    with pytest.raises(zoo.ZooError, match="holds no zoo_manifest.json"):
+        zoo.verify(folder, batch_size=32)
+
+
+def test_pull_refuses_files_changed_on_the_server_and_publish_changes_no_local_file(hub, image_run, tmp_path):
+    """`publish` uploads the card naming the repo and the record of what it uploads from memory: the local folder is
+    byte for byte what `package` wrote, after a failed publish (the commit refused after create_repo) and after a
+    successful one. A low-mantissa flip of model.safetensors on the server, or a file added there, makes `pull`
+    refuse naming the file (was: arrived silently)."""
+    run, _ = image_run
+    folder = tmp_path / "toy_mlp"
+    zoo_cli(["package", str(run), str(folder)])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(Exception, match="dev"):
+        zoo.publish(folder, "zoo-org/toy_pull", revision="dev")  # the test server commits to main only
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    zoo.publish(folder, "zoo-org/toy_pull")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    served = hub.files("zoo-org/toy_pull")
+    assert b"zoo-org/toy_pull" in served["README.md"] and b"zoo-org/toy_pull" not in before["README.md"]
+    assert set(served) == set(before)
+    zoo.check_files(zoo.pull("zoo-org/toy_pull", tmp_path / "good"))
+
+    hub.tamper("zoo-org/toy_pull", "model.safetensors", flip_lowest_mantissa_bit(folder / "model.safetensors"))
+    with pytest.raises(zoo.ZooError, match=r"pulled zoo-org/toy_pull, but .*model\.safetensors differs"):
+        zoo.pull("zoo-org/toy_pull", tmp_path / "flipped")
+    hub.tamper("zoo-org/toy_pull", "model.safetensors", before["model.safetensors"])
+    hub.tamper("zoo-org/toy_pull", "extra_code.py", b"print('payload')")
+    with pytest.raises(zoo.ZooError, match=r"holds extra_code\.py, which zoo_manifest\.json does not list"):
+        zoo.pull("zoo-org/toy_pull", tmp_path / "added")
 
 
 def test_add_remote_code_makes_any_saved_folder_self_contained(image_run, tmp_path):

@@ -10,7 +10,11 @@ and the self-contained remote code that lets zoo models load with ``trust_remote
 from .cards import EP_TAGS, EPModelCardMixin, add_ep_section, ep_settings
 from .remote_code import EPRemoteCodeMixin, FlattenError, add_remote_code, flatten_sources
 from .runs import Run, RunDirError, read_pickled_args
-from .zoo import ZOO_DATASETS, ZooError, package, plan, plot_training_curve, publish, pull, render_index, write_index
+from .curve import plot_training_curve
+from .catalog import plan, render_index, write_index
+from .packager import package
+from .specs import ZOO_DATASETS, ZooError
+from .transfer import publish, pull
 
 __all__ = [
     "EP_TAGS",

@@ -1,9 +1,10 @@
 """``mep-hf-zoo``: package training runs as Hub repos, publish and pull them, keep the zoo index current.
 
     mep-hf-zoo package runs/zoo/mnist_mlp model_zoo/mnist_mlp      # run dir -> complete Hub repo folder
-    mep-hf-zoo publish model_zoo/mnist_mlp <user-or-org>/mnist_mlp # create_repo + upload_folder (HF_TOKEN / hf auth login)
-    mep-hf-zoo pull <user-or-org>/mnist_mlp [dir]                  # snapshot_download
-    mep-hf-zoo verify model_zoo/mnist_mlp                          # card accuracy == pipeline() without mep_hf
+    mep-hf-zoo publish model_zoo/mnist_mlp <user-or-org>/mnist_mlp # create_repo + create_commit (HF_TOKEN / hf auth login)
+    mep-hf-zoo pull <user-or-org>/mnist_mlp [dir]                  # snapshot_download, every file's SHA-256 checked
+    mep-hf-zoo verify model_zoo/mnist_mlp                          # card accuracy == pipeline() (mep_hf's classes)
+    mep-hf-zoo verify model_zoo/mnist_mlp --trust-remote-code      # ... with the folder's code, without mep_hf
     mep-hf-zoo index model_zoo [--check]                           # model_zoo/README.md table from the cards
     mep-hf-zoo regenerate [model_zoo/mnist_mlp ...] [--check]      # the folders' remote code from mep_hf
     mep-hf-zoo plan model_zoo/cifar10_convnet --dataset cifar10 --model ... --command ... --reason ...
@@ -47,12 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--revision")
     p.add_argument("--cache_dir", help="Hub cache directory (default: HF_HUB_CACHE)")
     p.add_argument("--token")
+    p.add_argument("--no-verify", dest="verify_files", action="store_false",
+                   help="take the files unchecked (default: each is checked against the repo's zoo_manifest.json)")
 
-    p = sub.add_parser("verify", help="reproduce an image card's accuracy with pipeline() in a process without mep_hf")
+    p = sub.add_parser("verify", help="reproduce an image card's accuracy with pipeline() (files checked first)")
     p.add_argument("zoo_dir")
     p.add_argument("--split", default="test")
     p.add_argument("--batch_size", type=int, default=1000)
     p.add_argument("--limit", type=int, help="only the first N examples (a smoke test: no comparison)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the folder's own code (pipeline(trust_remote_code=True) in a process without mep_hf); "
+                        "default: mep_hf's classes, no code from the folder runs")
+    p.add_argument("--no-verify", dest="verify_files", action="store_false",
+                   help="skip the check of every file against the folder's zoo_manifest.json")
 
     p = sub.add_parser("index", help="regenerate <zoo_root>/README.md's table from the cards")
     p.add_argument("zoo_root", nargs="?", default="model_zoo")
@@ -86,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"published {args.zoo_dir} -> {info.commit_url}")
     elif args.action == "pull":
         print(zoo.pull(args.repo_id, args.local_dir, revision=args.revision, cache_dir=args.cache_dir,
-                       token=args.token))
+                       token=args.token, verify_files=args.verify_files))
     elif args.action == "verify":
-        result = zoo.verify(args.zoo_dir, split=args.split, batch_size=args.batch_size, limit=args.limit)
+        result = zoo.verify(args.zoo_dir, split=args.split, batch_size=args.batch_size, limit=args.limit,
+                            trust_remote_code=args.trust_remote_code, verify_files=args.verify_files)
         print(json.dumps(result))
     elif args.action == "index":
         if args.check:

@@ -249,7 +249,7 @@ def flatten_sources(objects: list[type], version: str | None = None) -> dict[str
     (``from .configuration_ep_mlp import EPMLPConfig``), a same-folder import that the remote-code loader follows.
     """
     if version is None:
-        from .. import __version__ as version
+        from ..version import __version__ as version
     flat = _Flattener()
     files: dict[str, list[type]] = {}
     for obj in objects:

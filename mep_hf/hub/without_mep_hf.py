@@ -30,11 +30,12 @@ class BlockMepHf(importlib.abc.MetaPathFinder):
         return None
 
 
-def image(model: str, images_dir: str, batch_size: str) -> dict:
+def image(model: str, images_dir: str, batch_size: str, trust_remote_code: bool = True) -> dict:
+    """(``mep-hf-zoo verify`` also calls it in its own process with ``trust_remote_code=False``: mep_hf's classes.)"""
     from PIL import Image
     from transformers import pipeline
 
-    classify = pipeline("image-classification", model=model, trust_remote_code=True)
+    classify = pipeline("image-classification", model=model, trust_remote_code=trust_remote_code)
     files = sorted(Path(images_dir).glob("*.png"), key=lambda p: int(p.stem.split("_")[0]))
     images = [Image.open(f) for f in files]
     labels = [classify.model.config.id2label[int(f.stem.split("_")[1])] for f in files]
@@ -65,6 +66,9 @@ JOBS = {"image": (image, 3), "text": (text, 3)}
 
 def main(args: list[str]) -> None:
     sys.meta_path.insert(0, BlockMepHf())
+    # run by path, this file's folder (mep_hf/hub) heads sys.path: its modules must not shadow installed ones
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     while args:  # several jobs in one process: ``image <model> <dir> <batch> text <model> <prompt> <n>``
         job, arity = JOBS[args[0]]
         result = job(*args[1 : 1 + arity])
