@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 
 import torch
 from transformers import TrainingArguments
@@ -121,40 +123,13 @@ class EPTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
             self.dataloader_pin_memory = False  # pinned memory serves copies to an accelerator; torch warns without one
-        if self.ep_beta is not None and (isinstance(self.ep_beta, bool) or not (
-            isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0
-        )):
-            raise ValueError(f"ep_beta must be a finite number > 0 or None (scale-free), got {self.ep_beta!r}")
-        if not _is_number(self.ep_nudge_displacement) or not 0 < self.ep_nudge_displacement < 1:
-            raise ValueError(f"ep_nudge_displacement must be in (0, 1), got {self.ep_nudge_displacement!r}")
-        if self.ep_nudging is not None and self.ep_nudging not in NUDGING_MODES:
-            raise ValueError(f"ep_nudging must be one of {NUDGING_MODES} or None (the family's), got {self.ep_nudging!r}")
+        check_step_settings(self)  # the settings of one EP step, as mep_hf.ep_backward checks its keywords
         if isinstance(self.ep_audit_steps, bool) or not (isinstance(self.ep_audit_steps, int) and self.ep_audit_steps >= 0):
             raise ValueError(f"ep_audit_steps must be an integer >= 0 (0 = off), got {self.ep_audit_steps!r}")
         if not _is_number(self.ep_audit_min_cosine) or not -1 <= self.ep_audit_min_cosine <= 1:
             raise ValueError(f"ep_audit_min_cosine must be in [-1, 1], got {self.ep_audit_min_cosine!r}")
         if not _is_number(self.ep_audit_max_rel_error) or not self.ep_audit_max_rel_error > 0:
             raise ValueError(f"ep_audit_max_rel_error must be > 0, got {self.ep_audit_max_rel_error!r}")
-        if self.ep_energy is not None and self.ep_energy not in ENERGIES:
-            raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {self.ep_energy!r}")
-        for name in ("ep_free_steps", "ep_nudged_steps"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and value >= 1)):
-                raise ValueError(f"{name} must be an integer >= 1 or None (the model's), got {value!r}")
-        if self.ep_settle_mode not in SETTLE_MODES:
-            raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {self.ep_settle_mode!r}")
-        if self.ep_memory not in MEMORY_MODES:
-            raise ValueError(f"ep_memory must be one of {MEMORY_MODES}, got {self.ep_memory!r}")
-        if isinstance(self.ep_settle_steps, bool) or not (
-            isinstance(self.ep_settle_steps, int) and self.ep_settle_steps >= 1
-        ):
-            raise ValueError(f"ep_settle_steps must be an integer >= 1, got {self.ep_settle_steps!r}")
-        if not (math.isfinite(self.ep_settle_lr) and 0 < self.ep_settle_lr <= 1):
-            raise ValueError(f"ep_settle_lr must be in (0, 1], got {self.ep_settle_lr!r}")
-        if not (math.isfinite(self.ep_settle_tol) and self.ep_settle_tol >= 0):
-            raise ValueError(f"ep_settle_tol must be >= 0, got {self.ep_settle_tol!r}")
-        if not (math.isfinite(self.ep_divergence_threshold) and self.ep_divergence_threshold > 0):
-            raise ValueError(f"ep_divergence_threshold must be > 0, got {self.ep_divergence_threshold!r}")
         if isinstance(self.ep_loss_guard_factor, bool) or not (
             isinstance(self.ep_loss_guard_factor, (int, float)) and math.isfinite(self.ep_loss_guard_factor)
             and (self.ep_loss_guard_factor == 0 or self.ep_loss_guard_factor > 1)
@@ -176,16 +151,77 @@ class EPTrainingArguments(TrainingArguments):
 
     @property
     def settle_config(self) -> SettleConfig:
-        return SettleConfig(
-            steps=self.ep_settle_steps,
-            mode=self.ep_settle_mode,
-            lr=self.ep_settle_lr,
-            tol=self.ep_settle_tol,
-            divergence_threshold=self.ep_divergence_threshold,
-            memory=self.ep_memory,
-            free_steps=self.ep_free_steps,
-            nudged_steps=self.ep_nudged_steps,
-        )
+        return settle_config(self)
+
+
+# The fields that shape one EP step (settling, nudging, the energy), as opposed to the training run's (audit, guard,
+# optimizer): ``mep_hf.ep_backward`` takes these as keywords, with the same defaults and the same checks.
+STEP_SETTINGS = (
+    "ep_beta", "ep_nudge_displacement", "ep_nudging", "ep_energy", "ep_free_steps", "ep_nudged_steps",
+    "ep_settle_mode", "ep_settle_steps", "ep_settle_lr", "ep_settle_tol", "ep_memory", "ep_divergence_threshold",
+)
+
+
+def step_settings(**settings) -> SimpleNamespace:
+    """The EP step settings ``settings`` names, the rest at ``EPTrainingArguments``' defaults, checked as
+    ``EPTrainingArguments`` checks them (``ValueError`` naming the setting; ``TypeError`` for an unknown name)."""
+    unknown = sorted(set(settings) - set(STEP_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown EP setting(s) {unknown}; the EP step settings are {list(STEP_SETTINGS)}")
+    namespace = SimpleNamespace(**{**_step_defaults(), **settings})
+    check_step_settings(namespace)
+    return namespace
+
+
+@functools.cache
+def _step_defaults() -> dict:
+    return {f.name: f.default for f in fields(EPTrainingArguments) if f.name in STEP_SETTINGS}
+
+
+def check_step_settings(settings) -> None:
+    """Refuse an EP step setting out of its range (``settings``: ``EPTrainingArguments`` or :func:`step_settings`)."""
+    if settings.ep_beta is not None and (isinstance(settings.ep_beta, bool) or not (
+        isinstance(settings.ep_beta, (int, float)) and math.isfinite(settings.ep_beta) and settings.ep_beta > 0
+    )):
+        raise ValueError(f"ep_beta must be a finite number > 0 or None (scale-free), got {settings.ep_beta!r}")
+    if not _is_number(settings.ep_nudge_displacement) or not 0 < settings.ep_nudge_displacement < 1:
+        raise ValueError(f"ep_nudge_displacement must be in (0, 1), got {settings.ep_nudge_displacement!r}")
+    if settings.ep_nudging is not None and settings.ep_nudging not in NUDGING_MODES:
+        raise ValueError(f"ep_nudging must be one of {NUDGING_MODES} or None (the family's), got {settings.ep_nudging!r}")
+    if settings.ep_energy is not None and settings.ep_energy not in ENERGIES:
+        raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {settings.ep_energy!r}")
+    for name in ("ep_free_steps", "ep_nudged_steps"):
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and value >= 1)):
+            raise ValueError(f"{name} must be an integer >= 1 or None (the model's), got {value!r}")
+    if settings.ep_settle_mode not in SETTLE_MODES:
+        raise ValueError(f"ep_settle_mode must be one of {SETTLE_MODES}, got {settings.ep_settle_mode!r}")
+    if settings.ep_memory not in MEMORY_MODES:
+        raise ValueError(f"ep_memory must be one of {MEMORY_MODES}, got {settings.ep_memory!r}")
+    if isinstance(settings.ep_settle_steps, bool) or not (
+        isinstance(settings.ep_settle_steps, int) and settings.ep_settle_steps >= 1
+    ):
+        raise ValueError(f"ep_settle_steps must be an integer >= 1, got {settings.ep_settle_steps!r}")
+    if not (math.isfinite(settings.ep_settle_lr) and 0 < settings.ep_settle_lr <= 1):
+        raise ValueError(f"ep_settle_lr must be in (0, 1], got {settings.ep_settle_lr!r}")
+    if not (math.isfinite(settings.ep_settle_tol) and settings.ep_settle_tol >= 0):
+        raise ValueError(f"ep_settle_tol must be >= 0, got {settings.ep_settle_tol!r}")
+    if not (math.isfinite(settings.ep_divergence_threshold) and settings.ep_divergence_threshold > 0):
+        raise ValueError(f"ep_divergence_threshold must be > 0, got {settings.ep_divergence_threshold!r}")
+
+
+def settle_config(settings) -> SettleConfig:
+    """The :class:`SettleConfig` of checked step settings."""
+    return SettleConfig(
+        steps=settings.ep_settle_steps,
+        mode=settings.ep_settle_mode,
+        lr=settings.ep_settle_lr,
+        tol=settings.ep_settle_tol,
+        divergence_threshold=settings.ep_divergence_threshold,
+        memory=settings.ep_memory,
+        free_steps=settings.ep_free_steps,
+        nudged_steps=settings.ep_nudged_steps,
+    )
 
 
 def _is_number(value) -> bool:
