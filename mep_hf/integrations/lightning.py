@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from ..backward import ep_step, output_loss, prepare
 from ..guard import LossGuard, TrainingDivergedError
 
+__all__ = ["EPMixin"]
+
 
 class EPMixin:
     """A ``LightningModule`` mixin whose training step is EP's: list it before ``LightningModule`` (or before your
