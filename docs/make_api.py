@@ -23,6 +23,7 @@ MODULES = [
     "mep_hf.metrics",
     "mep_hf.hub",
     "mep_hf.trl",  # needs trl (the `trl` and `dev` extras)
+    "mep_hf.integrations.lightning",
 ]
 
 

@@ -1,6 +1,7 @@
 """mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer.
 
-Train: :class:`EPTrainer` + :class:`EPTrainingArguments`. Models: the EP-native ones here (Auto-registered) or any
+Train: :class:`EPTrainer` + :class:`EPTrainingArguments`, or in a loop of your own :func:`ep_backward` (EP's
+``loss.backward()``; Lightning: ``mep_hf.integrations.lightning``). Models: the EP-native ones here (Auto-registered) or any
 stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Continual learning: :class:`EWCCallback` (``mep_hf.callbacks``). Optimizers:
 ``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model zoo: ``mep_hf.hub``. The algorithm:
 ``mep_hf.equilibrium`` (the family-neutral core) and ``mep_hf.energies`` (the energy families; the layered one is
@@ -11,6 +12,7 @@ from . import adapters, callbacks, data, hub, metrics, optim
 from .adapters import prepare_ep_model
 from .callbacks import EWCCallback
 from .audit import GradientAuditError
+from .backward import ep_backward, ep_loss
 from .checkpointing import CheckpointIntegrityError
 from .block_stack import BlockStack
 from .energies.layered import Contrast, ScaleFreeBeta, SettleConfig, free_phase, nudged_phases, settle
@@ -68,6 +70,8 @@ __all__ = [
     "callbacks",
     "configure_threads",
     "data",
+    "ep_backward",
+    "ep_loss",
     "free_phase",
     "hub",
     "metrics",

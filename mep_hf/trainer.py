@@ -22,6 +22,7 @@ from transformers.trainer_utils import unwrap_peft_model
 
 from .adapters import prepare_ep_model
 from .audit import GradientAudit, agreement
+from .backward import backprop_loss, ep_step
 from .batch_checks import check_batch, check_dataset_fills_a_batch
 from .checkpointing import AtomicCheckpointMixin
 from .block_stack import BlockStack
@@ -109,7 +110,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         _check_label_columns(train_dataset, self.label_names)
         # The energy family the model declares (mep_hf.energies); an explicit args.ep_energy must agree.
         self._energy = resolve_energy(self.args.ep_energy, self.model)
-        self._settings = energy_settings(self._energy, self.args)  # validated by the family; others' flags refused
+        energy_settings(self._energy, self.args)  # refuses, before any step, a flag only another family reads
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
@@ -197,47 +198,27 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         """
         if self._step_kind is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        args, unwrapped = self.args, self._unwrapped(model)
-        was_training = unwrapped.training
-        # Every phase must evaluate the same energy. Models that share one dropout mask per step across phases
-        # (the stock-model adapters, mep_hf.adapters.dropout) stay in train mode; for the others dropout-like train-mode
-        # behaviour is off during the EP step.
-        if not getattr(unwrapped, "ep_shares_dropout", False):
-            unwrapped.eval()
+        unwrapped = self._unwrapped(model)
+        trainer_loss = functools.partial(self._trainer_loss, unwrapped, inputs=inputs,
+                                         num_items_in_batch=num_items_in_batch)
+        if self._step_kind == "backprop":  # the audit's reference: through the forward, as EP's contrast runs
+            loss = backprop_loss(model, unwrapped, inputs, self._energy, trainer_loss)
+            return (loss, None) if return_outputs else loss
+        self._free_loss = None
         try:
-            if self._step_kind == "backprop":  # the audit's reference: through the forward, as EP's contrast runs
-                loss = model(**inputs, ep_contrast=lambda stack: self._trainer_loss(
-                    unwrapped, stack, inputs, num_items_in_batch)(self._energy.feed_forward(stack)))
-                return (loss, None) if return_outputs else loss
-            stack: BlockStack = unwrapped.ep_stack(**inputs)
-            trainer_loss = self._trainer_loss(unwrapped, stack, inputs, num_items_in_batch)
-            stack.loss = trainer_loss
-            energy, config = self._energy, self._settings
-            free = energy.free_phase(stack, config)
-            free_loss = free.loss
-            self._guard_against_divergence(free_loss)
-            try:
-                beta = args.ep_beta if args.ep_beta is not None else energy.default_beta(args.ep_nudge_displacement)
-                nudging = args.ep_nudging or energy.default_nudging
-                phases = energy.nudged_phases(stack, free, beta, nudging, config)
-                contrast_fn = energy.contrast(free, phases, config, self._loss_scale(), trainer_loss)
-                # The contrast keeps what it needs of the free phase and frees it on the way; it builds its own
-                # stack (through the model's forward), so this one's masks and rotary tables go now.
-                del free, stack
-                contrast = model(**inputs, ep_contrast=contrast_fn)
-            except SettlingDivergedError as err:
-                if self._loss_guard.has_risen(free_loss):
-                    self._diverged(
-                        f"settling diverged at step {self.state.global_step} on a training loss of {free_loss:.4g}, "
-                        f"which had climbed from {self._loss_guard.baseline:.4g}: the parameter updates are "
-                        f"diverging; {UPDATE_KNOBS}. ({err})", err
-                    )
-                raise
-        finally:
-            unwrapped.train(was_training)
-        for key, value in energy.diagnostics(contrast_fn).items():
+            loss, diagnostics = ep_step(model, unwrapped, inputs, self._energy, self.args, trainer_loss,
+                                        self._loss_scale(), on_free_loss=self._guard_against_divergence)
+        except SettlingDivergedError as err:
+            free_loss = self._free_loss
+            if free_loss is not None and self._loss_guard.has_risen(free_loss):
+                self._diverged(
+                    f"settling diverged at step {self.state.global_step} on a training loss of {free_loss:.4g}, "
+                    f"which had climbed from {self._loss_guard.baseline:.4g}: the parameter updates are "
+                    f"diverging; {UPDATE_KNOBS}. ({err})", err
+                )
+            raise
+        for key, value in diagnostics.items():
             self._ep_metrics[key].append(value)
-        loss = contrast - contrast.detach() + free_loss
         return (loss, None) if return_outputs else loss
 
     @contextlib.contextmanager
@@ -275,6 +256,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         ranks decide together, so none is left waiting in a collective."""
         if self._rate_checkpoints:
             self._record_checkpoint_health(loss)
+        self._free_loss = loss  # what a settling divergence later in the step is judged by
         reason = self._loss_guard.check(loss, self.state.global_step)
         if self.args.world_size > 1:
             flag = torch.tensor([float(reason is not None)], device=self.args.device)

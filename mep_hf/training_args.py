@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 
 import torch
 from transformers import TrainingArguments
@@ -12,7 +14,7 @@ from transformers import TrainingArguments
 from .checkpointing import OPTIMIZER_STATE, RESUME_SETTINGS
 from .energies import ENERGIES
 from .energies.layered import ScaleFreeBeta, SettleConfig
-from .energies.settings import from_arguments
+from .energies.settings import arguments, from_arguments
 from .equilibrium import NUDGING_SCHEMES
 
 
@@ -135,25 +137,13 @@ class EPTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
             self.dataloader_pin_memory = False  # pinned memory serves copies to an accelerator; torch warns without one
-        if self.ep_beta is not None and (isinstance(self.ep_beta, bool) or not (
-            isinstance(self.ep_beta, (int, float)) and math.isfinite(self.ep_beta) and self.ep_beta > 0
-        )):
-            raise ValueError(f"ep_beta must be a finite number > 0 or None (scale-free), got {self.ep_beta!r}")
-        if not _is_number(self.ep_nudge_displacement) or not 0 < self.ep_nudge_displacement < 1:
-            raise ValueError(f"ep_nudge_displacement must be in (0, 1), got {self.ep_nudge_displacement!r}")
-        if self.ep_nudging is not None and self.ep_nudging not in NUDGING_SCHEMES:
-            raise ValueError(f"ep_nudging must be one of {tuple(NUDGING_SCHEMES)} or None (the family's), got "
-                             f"{self.ep_nudging!r}")
+        check_step_settings(self)  # the settings of one EP step, as mep_hf.ep_backward checks its keywords
         if isinstance(self.ep_audit_steps, bool) or not (isinstance(self.ep_audit_steps, int) and self.ep_audit_steps >= 0):
             raise ValueError(f"ep_audit_steps must be an integer >= 0 (0 = off), got {self.ep_audit_steps!r}")
         if not _is_number(self.ep_audit_min_cosine) or not -1 <= self.ep_audit_min_cosine <= 1:
             raise ValueError(f"ep_audit_min_cosine must be in [-1, 1], got {self.ep_audit_min_cosine!r}")
         if not _is_number(self.ep_audit_max_rel_error) or not self.ep_audit_max_rel_error > 0:
             raise ValueError(f"ep_audit_max_rel_error must be > 0, got {self.ep_audit_max_rel_error!r}")
-        if self.ep_energy is not None and self.ep_energy not in ENERGIES:
-            raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {self.ep_energy!r}")
-        for family in ENERGIES.values():  # each family validates the flags it reads
-            from_arguments(family.settings_type, self)
         if isinstance(self.ep_loss_guard_factor, bool) or not (
             isinstance(self.ep_loss_guard_factor, (int, float)) and math.isfinite(self.ep_loss_guard_factor)
             and (self.ep_loss_guard_factor == 0 or self.ep_loss_guard_factor > 1)
@@ -191,6 +181,46 @@ class EPTrainingArguments(TrainingArguments):
             raise ValueError(f"ep_resume_allow_changes names {held}, which the saved optimizer and scheduler state "
                              "hold: also set ep_resume_without_optimizer_state=True (they then start afresh)")
         self.ep_resume_allow_changes = list(names)
+
+
+# The fields that shape one EP step (settling, nudging, the energy), as opposed to the training run's (audit, guard,
+# optimizer): ``mep_hf.ep_backward`` takes these as keywords, with the same defaults and the same checks.
+STEP_SETTINGS = ("ep_beta", "ep_nudge_displacement", "ep_nudging", "ep_energy",
+                 *dict.fromkeys(flag for family in ENERGIES.values() for flag in arguments(family.settings_type)))
+
+
+def step_settings(**settings) -> SimpleNamespace:
+    """The EP step settings ``settings`` names, the rest at ``EPTrainingArguments``' defaults, checked as
+    ``EPTrainingArguments`` checks them (``ValueError`` naming the setting; ``TypeError`` for an unknown name)."""
+    unknown = sorted(set(settings) - set(STEP_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown EP setting(s) {unknown}; the EP step settings are {list(STEP_SETTINGS)}")
+    namespace = SimpleNamespace(**{**_step_defaults(), **settings})
+    check_step_settings(namespace)
+    return namespace
+
+
+@functools.cache
+def _step_defaults() -> dict:
+    return {f.name: f.default for f in fields(EPTrainingArguments) if f.name in STEP_SETTINGS}
+
+
+def check_step_settings(settings) -> None:
+    """Refuse an EP step setting out of its range (``settings``: ``EPTrainingArguments`` or :func:`step_settings`);
+    each energy family checks the flags it reads (:mod:`mep_hf.energies.settings`)."""
+    if settings.ep_beta is not None and (isinstance(settings.ep_beta, bool) or not (
+        isinstance(settings.ep_beta, (int, float)) and math.isfinite(settings.ep_beta) and settings.ep_beta > 0
+    )):
+        raise ValueError(f"ep_beta must be a finite number > 0 or None (scale-free), got {settings.ep_beta!r}")
+    if not _is_number(settings.ep_nudge_displacement) or not 0 < settings.ep_nudge_displacement < 1:
+        raise ValueError(f"ep_nudge_displacement must be in (0, 1), got {settings.ep_nudge_displacement!r}")
+    if settings.ep_nudging is not None and settings.ep_nudging not in NUDGING_SCHEMES:
+        raise ValueError(f"ep_nudging must be one of {tuple(NUDGING_SCHEMES)} or None (the family's), got "
+                         f"{settings.ep_nudging!r}")
+    if settings.ep_energy is not None and settings.ep_energy not in ENERGIES:
+        raise ValueError(f"ep_energy must be one of {tuple(ENERGIES)} or None (the model's), got {settings.ep_energy!r}")
+    for family in ENERGIES.values():
+        from_arguments(family.settings_type, settings)
 
 
 def _is_number(value) -> bool:

@@ -204,7 +204,7 @@ def _adapt_by_structure(model: nn.Module, target: nn.Module, model_type: str | N
     if stock is None:
         raise TypeError(
             f"{name} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method and is no transformers "
-            f"model. EP adapters exist for: {_supported_text()}, and for transformers models whose layers run from "
+            f"model (model_type={model_type!r}). EP adapters exist for: {_supported_text()}, and for transformers models whose layers run from "
             "one layer list. Use an EP model from mep_hf.models, or add a model type / family "
             "(docs/adding_a_family.md)."
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import MISSING, field, fields
+from dataclasses import field, fields
 from typing import Any
 
 
@@ -60,13 +60,13 @@ def settings_for(family, families, args):
     """``family``'s settings from ``args``, refusing any flag another family reads that was set away from its
     default (``families``: every registered family)."""
     own = arguments(family.settings_type)
-    defaults = {f.name: f.default for f in fields(type(args)) if f.default is not MISSING}
     for other in families:
-        for flag in arguments(other.settings_type):
+        for f in fields(other.settings_type):
+            flag = f.metadata["argument"]
             value = getattr(args, flag)
-            if flag not in own and value != defaults[flag]:
+            if flag not in own and value != f.default:
                 raise ValueError(
                     f"{flag}={value!r} is not read by the {family.name} energy (it reads {', '.join(sorted(own))}); "
-                    f"leave {flag} at its default {defaults[flag]!r}"
+                    f"leave {flag} at its default {f.default!r}"
                 )
     return from_arguments(family.settings_type, args)
