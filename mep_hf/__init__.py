@@ -14,6 +14,7 @@ from .callbacks import EWCCallback
 from .audit import GradientAuditError
 from .backward import ep_backward, ep_loss
 from .checkpointing import CheckpointIntegrityError
+from .distributed import shard_for_ep
 from .block_stack import BlockStack
 from .energies.layered import Contrast, ScaleFreeBeta, SettleConfig, free_phase, nudged_phases, settle
 from .equilibrium import SettlingDivergedError, register_nudging
@@ -80,4 +81,5 @@ __all__ = [
     "prepare_ep_model",
     "register_nudging",
     "settle",
+    "shard_for_ep",
 ]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .adapters import prepare_ep_model
 from .block_stack import BlockStack
+from .distributed import ready_for_ep
 from .energies import EnergyFamily, energy_settings, resolve_energy
 from .training_args import step_settings
 
@@ -30,7 +31,8 @@ def ep_backward(model: nn.Module, inputs: Mapping[str, Any], loss_fn: Callable |
     there, as ``loss.backward()`` does) and return the loss at the free state, detached.
 
     ``model``: an EP model, a stock one of a supported type, or a peft model of one, as it is or wrapped in DDP /
-    FSDP (the contrast runs through the wrapper's forward, so its gradient hooks fire). ``loss_fn(output, inputs)``:
+    FSDP (the contrast runs through the wrapper's forward, so its gradient hooks fire; FSDP2: shard it with
+    :func:`~mep_hf.shard_for_ep`). ``loss_fn(output, inputs)``:
     a loss of the model output at the output state (``logits``, ...); default: the model's own loss (``labels``).
     ``ep_settings``: the ``EPTrainingArguments`` EP step fields (``ep_beta=``, ``ep_nudging=``, ...), same defaults,
     same checks. For gradient accumulation, scale :func:`ep_loss` instead: ``(ep_loss(...) / k).backward()``.
@@ -56,6 +58,7 @@ def prepare(model: nn.Module, **ep_settings) -> tuple[nn.Module, EnergyFamily, A
     """``(the EP model inside model's wrappers, adapted; its energy family; the checked step settings)``."""
     settings = step_settings(**ep_settings)
     unwrapped = prepare_ep_model(extract_model_from_parallel(model))
+    ready_for_ep(unwrapped)  # FSDP2: its root before settling runs a sharded layer (mep_hf.distributed)
     energy = resolve_energy(settings.ep_energy, unwrapped)
     energy_settings(energy, settings)  # refuses a flag only another family reads
     return unwrapped, energy, settings

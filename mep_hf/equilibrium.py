@@ -30,6 +30,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without torch.distributed
+    DTensor = None
+
 
 class SettlingDivergedError(RuntimeError):
     """Settling made the energy non-finite or grow: the nudged phase has no usable equilibrium."""
@@ -164,9 +169,18 @@ class AutogradBlock:
 
 
 def closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> BlockLinearization | None:
-    """The block's own analytic linearization at ``state`` (``block.ep_linearize``), where it offers one."""
+    """The block's own analytic linearization at ``state`` (``block.ep_linearize``), where it offers one. Not for
+    a block whose parameters are sharded (FSDP2): a closed form reads them outside the block's call, and only the
+    call gathers them (``mep_hf.distributed``)."""
     analytic = getattr(block, "ep_linearize", None)
-    return analytic(state) if analytic is not None and feed_dtype in (None, state.dtype) else None
+    if analytic is None or feed_dtype not in (None, state.dtype) or _sharded(block):
+        return None
+    return analytic(state)
+
+
+def _sharded(block) -> bool:
+    """Whether ``block`` holds a parameter as a DTensor shard (FSDP2 between its gathers)."""
+    return DTensor is not None and any(isinstance(p, DTensor) for p in block.parameters())
 
 
 def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool) -> BlockLinearization:

@@ -1,0 +1,98 @@
+"""Under torchrun (2 gloo processes): ``mep_hf.ep_backward`` of a model sharded by ``mep_hf.shard_for_ep`` (FSDP2)
+on this rank's half of the batch; each rank saves the full gradients (gathered from the DTensor shards), its local
+shard sizes and the most FSDP units it held gathered at once. The helper of
+``tests/test_fsdp.py::test_fsdp2_equals_one_process_on_the_doubled_batch``.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/scripts/ep_backward_fsdp.py --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
+
+import mep_hf  # noqa: E402
+from tests.test_fsdp import CASES, SETTINGS  # noqa: E402
+
+
+class GatherCount:
+    """The most FSDP parameter groups unsharded at once while active (FSDP2's own state, read at each gather)."""
+
+    def __init__(self):
+        self.groups, self.most = [], 0
+
+    def __enter__(self):
+        self._wait = FSDPParamGroup.wait_for_unshard
+
+        def wait_for_unshard(group, *args, **kwargs):
+            out = self._wait(group, *args, **kwargs)
+            self.most = max(self.most, sum(g.is_unsharded for g in self.groups))
+            return out
+
+        FSDPParamGroup.wait_for_unshard = wait_for_unshard
+        return self
+
+    def __exit__(self, *exc):
+        FSDPParamGroup.wait_for_unshard = self._wait
+
+
+def groups(model) -> list:
+    """Each FSDP parameter group once (the modules of one ``fully_shard([a, b])`` unit share it)."""
+    found = [g for m in model.modules() if hasattr(m, "_get_fsdp_state") for g in m._get_fsdp_state()._fsdp_param_groups]
+    return list({id(g): g for g in found}.values())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    out = Path(p.parse_args().out)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    saved, report = {}, {}
+    for name, (case, memory) in CASES.items():
+        model, batch = case()
+        half = {k: v.chunk(world)[rank] for k, v in batch.items()}
+        mep_hf.shard_for_ep(model)
+        with GatherCount() as count:
+            count.groups = groups(model)
+            mep_hf.ep_backward(model, half, **SETTINGS, ep_memory=memory)
+        params = list(model.named_parameters())
+        saved.update({f"{name}.{n}": q.grad.full_tensor() for n, q in params})
+        report[name] = {
+            "grads_sharded": all(type(q.grad).__name__ == "DTensor" for _, q in params),
+            "local_numel": sum(q.to_local().numel() + q.grad.to_local().numel() for _, q in params),
+            "full_numel": sum(2 * q.numel() for _, q in params),
+            "units": len(count.groups), "most_gathered": count.most,
+            "idle_gathered": sum(g.is_unsharded for g in count.groups),
+        }
+    # The usual FSDP2 recipe (layers + root) leaves the embeddings and head to the root: refused by name.
+    model, batch = CASES["llama"][0]()
+    mep_hf.prepare_ep_model(model)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    try:
+        mep_hf.ep_backward(model, {k: v.chunk(world)[rank] for k, v in batch.items()}, **SETTINGS)
+        report["root_refusal"] = None
+    except ValueError as error:
+        report["root_refusal"] = str(error)
+    save_file(saved, str(out / f"grads_rank{rank}.safetensors"))
+    (out / f"report_rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
