@@ -14,7 +14,7 @@ from .callbacks import EWCCallback
 from .audit import GradientAuditError
 from .backward import ep_backward, ep_loss
 from .checkpointing import CheckpointIntegrityError
-from .distributed import shard_for_ep
+from .distributed import load_sharded_checkpoint, save_sharded_checkpoint, shard_for_ep
 from .block_stack import BlockStack
 from .energies.layered import Contrast, ScaleFreeBeta, SettleConfig, free_phase, nudged_phases, settle
 from .equilibrium import SettlingDivergedError, register_nudging
@@ -74,6 +74,7 @@ __all__ = [
     "ep_backward",
     "ep_loss",
     "free_phase",
+    "load_sharded_checkpoint",
     "hub",
     "metrics",
     "nudged_phases",
@@ -81,5 +82,6 @@ __all__ = [
     "prepare_ep_model",
     "register_nudging",
     "settle",
+    "save_sharded_checkpoint",
     "shard_for_ep",
 ]

@@ -15,11 +15,14 @@ the unsharded parameters' ``.grad`` and FSDP2's post-backward reduce-scatters th
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections import defaultdict
 
 from torch import nn
 
 from .adapters import prepare_ep_model
+from .checkpointing import STAGING_PREFIX, CheckpointIntegrityError, publish, verify_checkpoint, write_manifest
 
 
 def shard_for_ep(model: nn.Module, **fully_shard_kwargs) -> nn.Module:
@@ -91,4 +94,53 @@ def ready_for_ep(model: nn.Module) -> None:
         )
 
 
-__all__ = ["ready_for_ep", "shard_for_ep"]
+def save_sharded_checkpoint(folder: str, model: nn.Module, optimizer=None, **metadata) -> None:
+    """Save ``model`` (and ``optimizer``) shard by shard with ``torch.distributed.checkpoint``: every rank writes its
+    own shards, no rank gathers the model. Published as EPTrainer publishes checkpoints: written into a staging
+    folder, then rank 0 adds the manifest (each file's size and SHA-256, ``metadata``) last and renames the folder
+    into place, so a save killed midway leaves no ``folder``. Call it on every rank."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    folder = os.path.abspath(folder)
+    staged = os.path.join(os.path.dirname(folder), STAGING_PREFIX + os.path.basename(folder))
+    if dist.get_rank() == 0:
+        shutil.rmtree(staged, ignore_errors=True)
+    dist.barrier()
+    dcp.save(_state(model, optimizer), checkpoint_id=staged)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        write_manifest(staged, sharded="torch.distributed.checkpoint", world_size=dist.get_world_size(),
+                       optimizer=optimizer is not None, **metadata)
+        publish(staged, folder)
+    dist.barrier()
+
+
+def load_sharded_checkpoint(folder: str, model: nn.Module, optimizer=None) -> dict:
+    """Verify ``folder`` against its manifest (refusing, by name, a file missing, changed or unlisted), then load
+    each rank's shards of ``model`` (and ``optimizer``) in place; return the manifest. Call it on every rank."""
+    from torch.distributed.checkpoint import load
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    manifest = verify_checkpoint(folder, without_optimizer_state=True)  # the DCP files are the state
+    if optimizer is not None and not manifest.get("optimizer"):
+        raise CheckpointIntegrityError(f"checkpoint {folder} was saved without optimizer state; load the model "
+                                       "alone (optimizer=None) to start a fresh optimizer")
+    state = _state(model, optimizer)
+    load(state, checkpoint_id=folder)
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    return manifest
+
+
+def _state(model: nn.Module, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    return state
+
+
+__all__ = ["load_sharded_checkpoint", "ready_for_ep", "save_sharded_checkpoint", "shard_for_ep"]

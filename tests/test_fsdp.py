@@ -1,7 +1,9 @@
 """EP under FSDP2 (``mep_hf.shard_for_ep``): 2 gloo processes, each on half the batch with its parameters and
 gradients sharded, give one process's EP gradient on the whole batch (float32, ≤ 1e-5 relative per tensor), for an
 EP MLP and a stock Llama in both memory modes, holding half the parameter + gradient memory each and never more than
-a few units gathered. Negative control: one process's gradient on its half alone is not the whole batch's."""
+a few units gathered. A sharded checkpoint (``save_sharded_checkpoint``) resumes exactly, and a changed shard is
+refused by its manifest. Negative controls: one process's gradient on its half alone is not the whole batch's; a
+model that skips loading the checkpoint steps elsewhere."""
 
 from __future__ import annotations
 
@@ -29,10 +31,10 @@ def mlp_case():
     return toy_model(), {"pixel_values": data["pixel_values"], "labels": data["labels"]}
 
 
-def llama_case(**overrides):
+def llama_case(seed: int = 0, **overrides):
     """Unpadded, so each rank's token mean is half the batch's (with uneven tokens per rank, nudge with a loss
     normalized by the global token count, as EPTrainer's ``average_tokens_across_devices`` does)."""
-    model = tiny_model("llama", "causal-lm", **overrides)
+    model = tiny_model("llama", "causal-lm", seed, **overrides)
     batch = tiny_batch("llama", "causal-lm", model, batch=4, dtype=torch.float32)
     batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
     batch["labels"] = batch["input_ids"].clone()
@@ -73,5 +75,10 @@ def test_fsdp2_equals_one_process_on_the_doubled_batch(tmp_path):
             assert report["idle_gathered"] == 0, report
         half = {k: v.chunk(2)[0] for k, v in batch.items()}
         assert mismatches(model, ep_grads(model, half, memory), whole, rel_max=1e-5), "one half alone, yet equal?"
+    for report in reports:  # sharded checkpoint: resumed into another init, the next step is the same step
+        resume = report["resume"]
+        assert resume["step"] == 1 and resume["files"] == 3, resume  # two shards + DCP's metadata, in the manifest
+        assert resume["max_diff"] == 0.0 and resume["fresh_max_diff"] > 1e-3, resume
+        assert "__0_0.distcp changed since it was saved" in resume["changed_shard"], resume
     refusal = reports[0]["root_refusal"]
     assert refusal is not None and "the FSDP2 root holds parameters" in refusal and "shard_for_ep" in refusal

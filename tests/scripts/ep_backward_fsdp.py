@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
 
 import mep_hf  # noqa: E402
-from tests.test_fsdp import CASES, SETTINGS  # noqa: E402
+from tests.test_fsdp import CASES, SETTINGS, llama_case  # noqa: E402
 
 
 class GatherCount:
@@ -53,6 +54,51 @@ def groups(model) -> list:
     return list({id(g): g for g in found}.values())
 
 
+def resume(out: Path, rank: int, world: int) -> dict:
+    """Step, save a sharded checkpoint, step again; then a fresh model and optimizer (another init) load it and
+    take that second step: the parameters must be the ones of the run that went on. A changed shard is refused."""
+    def run(seed):
+        model = mep_hf.shard_for_ep(llama_case(seed)[0])
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def step(model, optimizer, batch):
+        mep_hf.ep_backward(model, {k: v.chunk(world)[rank] for k, v in batch.items()}, **SETTINGS)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def full(model):
+        return [p.full_tensor() for p in model.parameters()]
+
+    batch = llama_case()[1]
+    second = {k: v.roll(1, 0) for k, v in batch.items()}
+    model, optimizer = run(0)
+    step(model, optimizer, batch)
+    mep_hf.save_sharded_checkpoint(str(out / "ckpt"), model, optimizer, step=1)
+    step(model, optimizer, second)
+    went_on = full(model)
+    resumed, optimizer = run(1)
+    manifest = mep_hf.load_sharded_checkpoint(str(out / "ckpt"), resumed, optimizer)
+    step(resumed, optimizer, second)
+    fresh, fresh_optimizer = run(1)  # the negative control: no checkpoint loaded
+    step(fresh, fresh_optimizer, second)
+    if rank == 0:
+        shutil.copytree(out / "ckpt", out / "ckpt_bad")
+        shard = next((out / "ckpt_bad").glob("*.distcp"))
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 1
+        shard.write_bytes(bytes(data))
+    dist.barrier()
+    try:
+        mep_hf.load_sharded_checkpoint(str(out / "ckpt_bad"), *run(1))
+        refused = None
+    except mep_hf.CheckpointIntegrityError as error:
+        refused = str(error)
+    return {"step": manifest["step"], "files": len(manifest["files"]),
+            "max_diff": max(float((a - b).abs().max()) for a, b in zip(full(resumed), went_on)),
+            "fresh_max_diff": max(float((a - b).abs().max()) for a, b in zip(full(fresh), went_on)),
+            "changed_shard": refused}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -77,6 +123,7 @@ def main() -> None:
             "units": len(count.groups), "most_gathered": count.most,
             "idle_gathered": sum(g.is_unsharded for g in count.groups),
         }
+    report["resume"] = resume(out, rank, world)
     # The usual FSDP2 recipe (layers + root) leaves the embeddings and head to the root: refused by name.
     model, batch = CASES["llama"][0]()
     mep_hf.prepare_ep_model(model)
