@@ -170,8 +170,8 @@ class AutogradBlock:
 
 def closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> BlockLinearization | None:
     """The block's own analytic linearization at ``state`` (``block.ep_linearize``), where it offers one. Not for
-    a block whose parameters are sharded (FSDP2): a closed form reads them outside the block's call, and only the
-    call gathers them (``mep_hf.distributed``)."""
+    a block whose parameters are sharded (FSDP2, ZeRO-3): a closed form reads them outside the block's call, and only
+    the call gathers them (``mep_hf.distributed``)."""
     analytic = getattr(block, "ep_linearize", None)
     if analytic is None or feed_dtype not in (None, state.dtype) or _sharded(block):
         return None
@@ -179,8 +179,9 @@ def closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> BlockLi
 
 
 def _sharded(block) -> bool:
-    """Whether ``block`` holds a parameter as a DTensor shard (FSDP2 between its gathers)."""
-    return DTensor is not None and any(isinstance(p, DTensor) for p in block.parameters())
+    """Whether ``block`` holds a parameter as a shard: a DTensor (FSDP2 between its gathers) or a DeepSpeed ZeRO-3
+    partition (``ds_tensor``)."""
+    return any((DTensor is not None and isinstance(p, DTensor)) or hasattr(p, "ds_tensor") for p in block.parameters())
 
 
 def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_grad: bool) -> BlockLinearization:

@@ -113,6 +113,10 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         energy_settings(self._energy, self.args)  # refuses, before any step, a flag only another family reads
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
+        if self.args.fsdp and not self.is_fsdp_enabled:  # accelerate drops FSDP off accelerators: DDP, unsharded
+            raise ValueError(f"fsdp was asked for, but accelerate enables FSDP only on accelerators (here: "
+                             f"{self.accelerator.distributed_type.value}), so the Trainer would train unsharded; on CPU shard "
+                             "with mep_hf.shard_for_ep and step with mep_hf.ep_backward (docs/scale_out.md)")
         self._ep_metrics: dict[str, list[float]] = defaultdict(list)
         self._unwrap_cache: tuple[nn.Module | None, nn.Module | None] = (None, None)
         self._step_kind: str | None = None  # "ep" or "backprop" (the audit's reference) inside training_step

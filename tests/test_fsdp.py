@@ -82,3 +82,7 @@ def test_fsdp2_equals_one_process_on_the_doubled_batch(tmp_path):
         assert "__0_0.distcp changed since it was saved" in resume["changed_shard"], resume
     refusal = reports[0]["root_refusal"]
     assert refusal is not None and "the FSDP2 root holds parameters" in refusal and "shard_for_ep" in refusal
+    # Trainer's fsdp arguments on CPU: accelerate drops the plugin (MULTI_CPU) and would wrap in DDP; refused.
+    trainer = reports[0]["trainer_fsdp"]
+    assert "accelerate enables FSDP only on accelerators (here: MULTI_CPU)" in trainer and "shard_for_ep" in trainer
+

@@ -99,6 +99,18 @@ def resume(out: Path, rank: int, world: int) -> dict:
             "changed_shard": refused}
 
 
+def trainer_refusal(out: Path) -> str | None:
+    """EPTrainer given Trainer's own ``fsdp`` arguments under this CPU launch (accelerate: MULTI_CPU, no FSDP)."""
+    from tests.conftest import toy_args, toy_images, toy_model
+
+    args = toy_args(out, fsdp=True, fsdp_config={"fsdp_version": 2}, use_cpu=True)
+    try:
+        mep_hf.EPTrainer(model=toy_model(), args=args, train_dataset=toy_images(32))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -135,6 +147,7 @@ def main() -> None:
         report["root_refusal"] = None
     except ValueError as error:
         report["root_refusal"] = str(error)
+    report["trainer_fsdp"] = trainer_refusal(out)
     save_file(saved, str(out / f"grads_rank{rank}.safetensors"))
     (out / f"report_rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()
