@@ -58,7 +58,6 @@ def prepare(model: nn.Module, **ep_settings) -> tuple[nn.Module, EnergyFamily, A
     """``(the EP model inside model's wrappers, adapted; its energy family; the checked step settings)``."""
     settings = step_settings(**ep_settings)
     unwrapped = prepare_ep_model(extract_model_from_parallel(model))
-    ready_for_ep(unwrapped)  # FSDP2: its root before settling runs a sharded layer (mep_hf.distributed)
     energy = resolve_energy(settings.ep_energy, unwrapped)
     energy_settings(energy, settings)  # refuses a flag only another family reads
     return unwrapped, energy, settings
@@ -86,6 +85,7 @@ def ep_step(model: nn.Module, unwrapped: nn.Module, inputs: dict, energy: Energy
     any nudged phase settles (EPTrainer's divergence guard).
     """
     config = energy_settings(energy, settings)
+    ready_for_ep(unwrapped)  # FSDP2: made its root before settling runs a sharded layer (mep_hf.distributed)
     with _energy_mode(unwrapped):
         stack: BlockStack = unwrapped.ep_stack(**inputs)
         if loss is not None:

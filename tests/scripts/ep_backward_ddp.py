@@ -24,13 +24,18 @@ import mep_hf  # noqa: E402
 from tests.test_ep_backward import EXACT, mlp_case  # noqa: E402
 
 
-def main() -> None:
+def launched() -> tuple[Path, int, int]:
+    """``--out``, this process's rank and the world size, with its gloo group started (one thread per process)."""
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     out = Path(p.parse_args().out)
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    return out, dist.get_rank(), dist.get_world_size()
+
+
+def main() -> None:
+    out, rank, world = launched()
     model, batch = mlp_case()
     half = {k: v.chunk(world)[rank] for k, v in batch.items()}
     ddp = DistributedDataParallel(model)

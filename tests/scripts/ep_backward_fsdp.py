@@ -8,7 +8,6 @@ shard sizes and the most FSDP units it held gathered at once. The helper of
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -24,6 +23,7 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
 
 import mep_hf  # noqa: E402
+from tests.scripts.ep_backward_ddp import launched  # noqa: E402
 from tests.test_fsdp import CASES, SETTINGS, llama_case  # noqa: E402
 
 
@@ -112,12 +112,7 @@ def trainer_refusal(out: Path) -> str | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    out = Path(p.parse_args().out)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    out, rank, world = launched()
     saved, report = {}, {}
     for name, (case, memory) in CASES.items():
         model, batch = case()
