@@ -59,6 +59,19 @@ CASES = [
     ("roberta", "RobertaForMultipleChoice", {}),
 ]
 
+# Encoder–decoder models (the encoder state carried through the decoder blocks; T5's position bias recomputed per
+# layer from the first layer's table); flan-T5 is T5 with a gated-GELU feed-forward and an untied LM head.
+_SEQ2SEQ = dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                encoder_ffn_dim=32, decoder_ffn_dim=32, decoder_start_token_id=0)
+_T5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, relative_attention_num_buckets=8,
+           decoder_start_token_id=0)
+SEQ2SEQ_CASES = [
+    ("t5", "T5ForConditionalGeneration", _T5),
+    ("t5", "T5ForConditionalGeneration", dict(_T5, feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+    ("bart", "BartForConditionalGeneration", _SEQ2SEQ),  # post-norm: the encoder's output is its last layer's
+    ("mbart", "MBartForConditionalGeneration", _SEQ2SEQ),
+]
+
 # EP's centered bias is O(β²) with the model's curvature: DeBERTa's QA loss has 1.0e-4 relative error at β = 1e-5
 # (9.9e-3 at 1e-4: second order), so it is checked at 1e-6.
 BETA = {"DebertaV2ForQuestionAnswering": 1e-6}
@@ -82,6 +95,9 @@ def batch_for(cls: str, n: int = 3, length: int = 7, seed: int = 1) -> dict:
             labels = {"start_positions": start, "end_positions": start + 1}
         elif cls.endswith("ForCausalLM"):
             labels = {"labels": ids.clone()}
+        elif cls.endswith("ForConditionalGeneration"):  # targets of another length, one of them padded
+            labels = {"labels": torch.randint(3, 48, (n, length - 2), generator=g)}
+            labels["labels"][2, -1] = -100
         else:
             labels = {"labels": torch.randint(0, 3, (n,), generator=g)}
     mask = torch.ones_like(ids)
@@ -108,10 +124,14 @@ def test_negative_control_one_sided_nudging_fails_the_bounds():
     assert bad
 
 
+SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+
+
 @pytest.mark.parametrize("model_type, cls, overrides, reason", [
     ("albert", "AlbertForSequenceClassification", dict(embedding_size=8), "does not call each of its"),
-    ("t5", "T5ForConditionalGeneration", dict(d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2),
-     "several layer stacks"),
+    ("clip", "CLIPModel", dict(text_config=dict(vocab_size=48, max_position_embeddings=32, **SMALL),
+                               vision_config=dict(image_size=8, patch_size=4, **SMALL), projection_dim=8),
+     "several layer stacks"),  # two towers, no encoder-decoder
     ("resnet", "ResNetForImageClassification", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
      "does more than run its layers"),  # its stages change the shape the pooler and head expect
 ])
@@ -147,7 +167,7 @@ def test_readme_lists_exactly_these_cases():
     section = re.split(r"\n#", text.split("#### By structure", 1)[1], maxsplit=1)[0]
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
     listed = {c for _, classes in rows for c in re.findall(r"`(\w+)`", classes)}
-    assert listed == {cls for _, cls, _ in CASES}
+    assert listed == {cls for _, cls, _ in CASES + SEQ2SEQ_CASES}
 
 
 def test_lora_on_a_model_by_structure_matches_backprop():
@@ -160,3 +180,51 @@ def test_lora_on_a_model_by_structure_matches_backprop():
     model.double().eval()
     assert check_against_backprop(model, batch_for("OPTForCausalLM")) == []
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("memory", ["fast", "low"])
+@pytest.mark.parametrize("model_type, cls, overrides", SEQ2SEQ_CASES, ids=["T5", "flan-T5", "BART", "mBART"])
+def test_encoder_decoder_ep_equals_backprop(model_type, cls, overrides, memory):
+    """The encoder's state carried through the decoder blocks: exact with inner states ("fast": the copy has no
+    error of its own) and with block states ("low": one identity error term per decoder block, O(β) displacement)."""
+    model = build(model_type, cls, overrides)
+    prepare_ep_model(model)
+    model.double().eval()
+    blocks = model.ep_stack(**batch_for(cls)).blocks
+    assert len(blocks) == 2 + 2 + 1 + 2  # embedding, encoder layers, the forward between the stacks, decoder, tail
+    assert check_against_backprop(model, batch_for(cls), memory=memory) == []
+
+
+def test_negative_control_encoder_decoder_one_sided_nudging_fails_the_bounds():
+    model = build(*SEQ2SEQ_CASES[0])
+    prepare_ep_model(model)
+    model.double().eval()
+    batch = batch_for("T5ForConditionalGeneration")
+    bad = mismatches(model, ep_gradients(model, batch, beta=0.05, nudging="positive"), backprop_gradients(model, batch))
+    assert bad
+
+
+def test_t5_position_bias_is_recomputed_in_each_layers_block(monkeypatch):
+    """T5's later layers are handed the bias the first layer computes from its table; without recomputing it in
+    their blocks, the model is refused naming that input (and with it, the check above covers the table's
+    gradient, which every layer's contrast adds to)."""
+    from mep_hf.adapters import traced
+
+    model = build(*SEQ2SEQ_CASES[0])
+    structure = traced.trace_structure(model)
+    tables = [m for m in structure.bias_from if m is not None]
+    assert len(tables) == 2  # the second layer of each stack
+    assert all(t is model.get_submodule(f"{s}.block.0.layer.0.SelfAttention") for t, s in zip(tables,
+                                                                                           ["encoder", "decoder"]))
+    monkeypatch.setattr(traced, "_bias_table", lambda layer: None)
+    with pytest.raises(traced.DoesNotFit, match=r"depend on parameters \(position_bias\)"):
+        traced.trace_structure(build(*SEQ2SEQ_CASES[0]))
+
+
+def test_generation_is_the_stock_models_after_adaptation():
+    """generate() runs the stock forward: an adapted T5 generates what an identical unadapted one does."""
+    adapted, stock = build(*SEQ2SEQ_CASES[0]).eval(), build(*SEQ2SEQ_CASES[0]).eval()
+    prepare_ep_model(adapted)
+    ids = batch_for("T5ForConditionalGeneration")["input_ids"]
+    kwargs = dict(max_new_tokens=4, do_sample=False)
+    assert torch.equal(adapted.generate(input_ids=ids, **kwargs), stock.generate(input_ids=ids, **kwargs))
