@@ -49,6 +49,9 @@ CASES = [
     ("xlm-roberta-xl", "XLMRobertaXLForSequenceClassification", {}),
     ("data2vec-text", "Data2VecTextForSequenceClassification", {}),
     ("esm", "EsmForSequenceClassification", dict(mask_token_id=3)),
+    # convolutional vision models: stages that change the shape, batch norm (ResNet)
+    ("resnet", "ResNetForImageClassification", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])),
+    ("convnext", "ConvNextForImageClassification", dict(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])),
     # heads the table does not list, on types it does
     ("bert", "BertForQuestionAnswering", dict(num_labels=2)),
     ("distilbert", "DistilBertForQuestionAnswering", dict(num_labels=2, dim=16, hidden_dim=32, n_layers=2,
@@ -72,6 +75,8 @@ def build(model_type: str, cls: str, overrides: dict, seed: int = 0) -> torch.nn
 
 def batch_for(cls: str, n: int = 3, length: int = 7, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
+    if cls.endswith("ForImageClassification"):
+        return {"pixel_values": torch.rand(n, 3, 32, 32, generator=g), "labels": torch.randint(0, 3, (n,), generator=g)}
     if cls.endswith("ForMultipleChoice"):
         ids = torch.randint(3, 48, (n, 2, length), generator=g)
         labels = {"labels": torch.randint(0, 2, (n,), generator=g)}
@@ -95,7 +100,8 @@ def test_ep_equals_backprop_by_structure(model_type, cls, overrides):
     assert model_type not in MODEL_TYPES or cls not in supported_classes(model_type)  # no table row covers it
     prepare_ep_model(model)
     model.double().eval()
-    assert check_against_backprop(model, batch_for(cls), beta=BETA.get(cls, 1e-5)) == []
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch_for(cls).items()}
+    assert check_against_backprop(model, batch, beta=BETA.get(cls, 1e-5)) == []
 
 
 def test_negative_control_one_sided_nudging_fails_the_bounds():
@@ -112,8 +118,8 @@ def test_negative_control_one_sided_nudging_fails_the_bounds():
     ("albert", "AlbertForSequenceClassification", dict(embedding_size=8), "does not call each of its"),
     ("t5", "T5ForConditionalGeneration", dict(d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2),
      "several layer stacks"),
-    ("resnet", "ResNetForImageClassification", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
-     "does more than run its layers"),  # its stages change the shape the pooler and head expect
+    ("swinv2", "Swinv2ForImageClassification", dict(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1],
+                                                     num_attention_heads=[1, 2], window_size=4), "as separate blocks"),
 ])
 def test_a_structure_that_does_not_fit_is_refused_at_init_naming_what_failed(tmp_path, model_type, cls, overrides,
                                                                               reason):

@@ -91,6 +91,7 @@ class _Trace:
     def __init__(self, n_layers: int, tuple_output: int):
         self.n_layers, self.tuple_output = n_layers, tuple_output
         self.mode, self.given, self.calls = "record", None, []
+        self.last_output = None  # (shape, dtype, device) of the last layer's output, for ``output`` mode
 
     def layer_call(self, index: int, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -102,6 +103,11 @@ class _Trace:
             raise _Stop(hidden)
         elif self.mode == "tail" and index == self.n_layers - 1:
             hidden = self.given
+        elif self.mode == "output" and index == self.n_layers - 1 and self.last_output is not None:
+            # What follows the layers (a final norm) runs on a stand-in of the right shape; the head's output is
+            # then replaced by the state, so nothing of it reaches the result.
+            shape, dtype, device = self.last_output
+            hidden = torch.zeros(shape, dtype=dtype, device=device)
         return (hidden, *[None] * (self.tuple_output - 1)) if self.tuple_output else hidden
 
 
@@ -174,15 +180,19 @@ class TracedStructure:
 
             return run
 
+        last_output = []
+
         def tail(s: Tensor) -> Tensor:
             trace = _Trace(n, self.tuple_output)
             trace.mode, trace.given = "tail", s
+            last_output[:] = [(s.shape, s.dtype, s.device)]
             return self.call(model, trace, inputs)
 
         def output(state: Tensor, labels: Tensor | None = None, **loss_kwargs):
             """The forward's own tail from the head module's output ``state`` on, with the batch's labels."""
             trace = _Trace(n, self.tuple_output)
             trace.mode, trace.given = "output", state
+            trace.last_output = last_output[0] if last_output else None
             given = {"labels": labels} if labels is not None else {}
             return self.call(model, trace, {**inputs, **batch_labels, **given, **loss_kwargs})
 
@@ -245,12 +255,15 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     layers = model.get_submodule(layers_path)
     batch = probe_batch(model)
     forward = type(model).forward
-    calls, order = [], []
+    calls, order, outputs = [], [], []
     names = {m: n for n, m in model.named_modules()}
     in_layers = {m for layer in layers for m in layer.modules()}
 
     def on_layer(module, args, kwargs):
         calls.append((module, args, kwargs))
+
+    def on_layer_output(module, args, output):
+        outputs.append(len(output) if isinstance(output, tuple) else 0)
 
     def on_module(module, args, output):
         if module not in in_layers and next(module.parameters(recurse=False), None) is not None:
@@ -259,6 +272,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     was_training = model.training
     model.eval()
     handles = [layer.register_forward_pre_hook(on_layer, with_kwargs=True) for layer in layers]
+    handles.append(layers[0].register_forward_hook(on_layer_output))
     handles.append(torch.nn.modules.module.register_module_forward_hook(on_module))
     try:
         with torch.enable_grad():  # layer inputs that carry a graph depend on parameters
@@ -283,8 +297,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     if not order:
         raise DoesNotFit("its forward runs no module with parameters after its layers (no head)")
     head = order[-1]
-    out = calls[0][0](*calls[0][1], **calls[0][2])
-    structure = TracedStructure(model, layers_path, names[head], len(out) if isinstance(out, tuple) else 0)
+    structure = TracedStructure(model, layers_path, names[head], outputs[0])
     _check_reproduces(model, structure, batch, reference)
     return structure
 
