@@ -230,7 +230,7 @@ def find_layer_list(model: nn.Module) -> str:
 
 def probe_batch(model: nn.Module) -> dict:
     """A small batch of the model's main input for the structural check: 2 rows of 6 tokens (3 choices for
-    multiple choice), or 2 images of the config's size."""
+    multiple choice), 2 images of the config's size, or 2 clips of raw audio."""
     config, params = model.config, inspect.signature(type(model).forward).parameters
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -244,8 +244,10 @@ def probe_batch(model: nn.Module) -> dict:
         size = size if isinstance(size, int) else size[0]
         dtype = next(model.parameters()).dtype
         return {"pixel_values": torch.rand(2, channels, size, size, generator=g).to(device, dtype)}
-    raise DoesNotFit(f"its forward takes none of input_ids / pixel_values, so no probe batch could check "
-                             "its structure")
+    if "input_values" in params:  # raw audio: a tenth of a second at 16 kHz
+        return {"input_values": torch.randn(2, 1600, generator=g).to(device, next(model.parameters()).dtype)}
+    raise DoesNotFit("its forward takes none of input_ids / pixel_values / input_values, so no probe batch could "
+                     "check its structure")
 
 
 def trace_structure(model: nn.Module) -> TracedStructure:
