@@ -7,6 +7,8 @@ backprop's tensor by tensor in float64, cosine >= 0.9999 and relative error <= 1
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import transformers
@@ -178,3 +180,29 @@ def test_lora_on_a_model_by_structure_matches_backprop():
     model.double().eval()
     assert check_against_backprop(model, batch_for("OPTForCausalLM")) == []
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_batch_norm_statistics_move_once_per_ep_step_as_in_backprop(monkeypatch):
+    """An EP step in train mode runs each block several times; its batch-norm running statistics move as backprop's
+    one forward moves them (one more tracked batch, the same running mean and variance). Negative control: with the
+    guard off, they move on every call."""
+    import copy
+
+    import mep_hf
+    from mep_hf.adapters import traced
+
+    resnet = next(c for c in CASES if c[0] == "resnet")
+    reference, batch = build(*resnet).train(), batch_for(resnet[1], n=4)
+    model = copy.deepcopy(reference)
+    reference(**batch)  # backprop's forward: one update
+    mep_hf.ep_backward(model, batch)
+    norms = [(a, b) for a, b in zip(model.modules(), reference.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
+    assert norms and all(int(a.num_batches_tracked) == 1 for a, _ in norms)
+    for a, b in norms:
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-5, atol=1e-6)
+
+    monkeypatch.setattr(traced._StatisticsOnce, "once", lambda self: contextlib.nullcontext())
+    unguarded = build(*resnet).train()
+    mep_hf.ep_backward(unguarded, batch)
+    assert max(int(m.num_batches_tracked) for m in unguarded.modules() if isinstance(m, torch.nn.BatchNorm2d)) > 1

@@ -111,6 +111,36 @@ class _Trace:
         return (hidden, *[None] * (self.tuple_output - 1)) if self.tuple_output else hidden
 
 
+class _StatisticsOnce:
+    """Batch-norm running statistics move once per EP step, as in backprop's one forward: the first call that runs
+    a norm in a step updates it; every later call of the step (settling, re-linearizing, the contrast, the traced
+    forward's re-runs of the embeddings) puts its statistics back. The normalization itself always uses the
+    calling phase's batch statistics in train mode (the step's function, as backprop differentiates it)."""
+
+    def __init__(self, model: nn.Module):
+        self.norms = [m for m in model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.moved: set[nn.Module] = set()
+
+    def new_step(self) -> None:
+        self.moved.clear()
+
+    @contextlib.contextmanager
+    def once(self):
+        if not self.norms:
+            yield
+            return
+        saved = {m: {k: b.clone() for k, b in m._buffers.items() if b is not None} for m in self.norms}
+        try:
+            yield
+        finally:
+            for m, before in saved.items():
+                if m in self.moved:  # swapped back, not copied: a graph of the call may hold the moved tensors
+                    m._buffers.update(before)
+                elif any(not torch.equal(m._buffers[k], old) for k, old in before.items()):
+                    self.moved.add(m)
+
+
 class TracedStructure:
     """A model's layer list and head module, found and checked once (:func:`trace_structure`)."""
 
@@ -120,6 +150,7 @@ class TracedStructure:
         self.forward = type(model).forward  # the class forward: the instance's routes EP's contrast
         self.label_names = find_labels(type(model))
         self.no_cache = _no_cache(self.forward)
+        self.statistics = _StatisticsOnce(model)
 
     @contextlib.contextmanager
     def traced(self, model: nn.Module, trace: _Trace):
@@ -139,7 +170,7 @@ class TracedStructure:
 
     def call(self, model: nn.Module, trace: _Trace, inputs: dict):
         """The stock forward under ``trace``: what a stand-in stopped it with, or its output."""
-        with self.traced(model, trace):
+        with self.traced(model, trace), self.statistics.once():
             try:
                 return self.forward(model, **inputs, **self.no_cache, return_dict=True)
             except _Stop as stop:
@@ -160,6 +191,8 @@ class TracedStructure:
         x = kw[name]
         inputs = {k: v for k, v in kw.items() if k not in self.label_names and v is not None}
         n = self.n_layers(model)
+        if not replaying(model):  # a new step (the contrast's and the audit's calls replay this one)
+            self.statistics.new_step()
         record = _Trace(n, self.tuple_output)
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             self.call(model, record, inputs)  # dropout draws here must not move the step's random stream
@@ -174,8 +207,9 @@ class TracedStructure:
             module = layers[index]
 
             def run(s: Tensor) -> Tensor:
-                out = module(s, *call_args[1:], **call_kwargs) if call_args else module(
-                    **{**call_kwargs, "hidden_states": s})
+                with self.statistics.once():
+                    out = module(s, *call_args[1:], **call_kwargs) if call_args else module(
+                        **{**call_kwargs, "hidden_states": s})
                 return out[0] if isinstance(out, tuple) else out
 
             return run
