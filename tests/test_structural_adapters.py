@@ -7,6 +7,8 @@ backprop's tensor by tensor in float64, cosine >= 0.9999 and relative error <= 1
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import transformers
@@ -49,6 +51,18 @@ CASES = [
     ("xlm-roberta-xl", "XLMRobertaXLForSequenceClassification", {}),
     ("data2vec-text", "Data2VecTextForSequenceClassification", {}),
     ("esm", "EsmForSequenceClassification", dict(mask_token_id=3)),
+    # mixture of experts: top-k routing is a function of the state; at a small β no phase changes a choice
+    ("mixtral", "MixtralForCausalLM", dict(num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)),
+    ("qwen2_moe", "Qwen2MoeForCausalLM", dict(num_key_value_heads=1, num_experts=4, moe_intermediate_size=8,
+                                              shared_expert_intermediate_size=8)),
+    ("olmoe", "OlmoeForCausalLM", dict(num_key_value_heads=1, num_experts=4, num_experts_per_tok=2)),
+    # audio: raw waveform in, a convolutional feature encoder as the first block
+    ("wav2vec2", "Wav2Vec2ForSequenceClassification", dict(conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                                           num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                                                           classifier_proj_size=8)),
+    # convolutional vision models: stages that change the shape, batch norm (ResNet)
+    ("resnet", "ResNetForImageClassification", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])),
+    ("convnext", "ConvNextForImageClassification", dict(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])),
     # heads the table does not list, on types it does
     ("bert", "BertForQuestionAnswering", dict(num_labels=2)),
     ("distilbert", "DistilBertForQuestionAnswering", dict(num_labels=2, dim=16, hidden_dim=32, n_layers=2,
@@ -85,6 +99,10 @@ def build(model_type: str, cls: str, overrides: dict, seed: int = 0) -> torch.nn
 
 def batch_for(cls: str, n: int = 3, length: int = 7, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
+    if cls.startswith("Wav2Vec2"):
+        return {"input_values": torch.randn(n, 400, generator=g), "labels": torch.randint(0, 3, (n,), generator=g)}
+    if cls.endswith("ForImageClassification"):
+        return {"pixel_values": torch.rand(n, 3, 32, 32, generator=g), "labels": torch.randint(0, 3, (n,), generator=g)}
     if cls.endswith("ForMultipleChoice"):
         ids = torch.randint(3, 48, (n, 2, length), generator=g)
         labels = {"labels": torch.randint(0, 2, (n,), generator=g)}
@@ -110,8 +128,10 @@ def test_ep_equals_backprop_by_structure(model_type, cls, overrides):
     model = build(model_type, cls, overrides)
     assert model_type not in MODEL_TYPES or cls not in supported_classes(model_type)  # no table row covers it
     prepare_ep_model(model)
+    model.set_experts_implementation("eager")  # MoE: the grouped-mm expert kernels take no float64
     model.double().eval()
-    assert check_against_backprop(model, batch_for(cls), beta=BETA.get(cls, 1e-5)) == []
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch_for(cls).items()}
+    assert check_against_backprop(model, batch, beta=BETA.get(cls, 1e-5)) == []
 
 
 def test_negative_control_one_sided_nudging_fails_the_bounds():
@@ -132,8 +152,8 @@ SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, interme
     ("clip", "CLIPModel", dict(text_config=dict(vocab_size=48, max_position_embeddings=32, **SMALL),
                                vision_config=dict(image_size=8, patch_size=4, **SMALL), projection_dim=8),
      "several layer stacks"),  # two towers, no encoder-decoder
-    ("resnet", "ResNetForImageClassification", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
-     "does more than run its layers"),  # its stages change the shape the pooler and head expect
+    ("swinv2", "Swinv2ForImageClassification", dict(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1],
+                                                     num_attention_heads=[1, 2], window_size=4), "as separate blocks"),
 ])
 def test_a_structure_that_does_not_fit_is_refused_at_init_naming_what_failed(tmp_path, model_type, cls, overrides,
                                                                               reason):
@@ -228,3 +248,29 @@ def test_generation_is_the_stock_models_after_adaptation():
     ids = batch_for("T5ForConditionalGeneration")["input_ids"]
     kwargs = dict(max_new_tokens=4, do_sample=False)
     assert torch.equal(adapted.generate(input_ids=ids, **kwargs), stock.generate(input_ids=ids, **kwargs))
+
+
+def test_batch_norm_statistics_move_once_per_ep_step_as_in_backprop(monkeypatch):
+    """An EP step in train mode runs each block several times; its batch-norm running statistics move as backprop's
+    one forward moves them (one more tracked batch, the same running mean and variance). Negative control: with the
+    guard off, they move on every call."""
+    import copy
+
+    import mep_hf
+    from mep_hf.adapters import traced
+
+    resnet = next(c for c in CASES if c[0] == "resnet")
+    reference, batch = build(*resnet).train(), batch_for(resnet[1], n=4)
+    model = copy.deepcopy(reference)
+    reference(**batch)  # backprop's forward: one update
+    mep_hf.ep_backward(model, batch)
+    norms = [(a, b) for a, b in zip(model.modules(), reference.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
+    assert norms and all(int(a.num_batches_tracked) == 1 for a, _ in norms)
+    for a, b in norms:
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-5, atol=1e-6)
+
+    monkeypatch.setattr(traced._StatisticsOnce, "once", lambda self: contextlib.nullcontext())
+    unguarded = build(*resnet).train()
+    mep_hf.ep_backward(unguarded, batch)
+    assert max(int(m.num_batches_tracked) for m in unguarded.modules() if isinstance(m, torch.nn.BatchNorm2d)) > 1

@@ -113,6 +113,7 @@ class _Trace:
                  until: int | None = None):
         self.structure, self.mode, self.given, self.after, self.until = structure, mode, given, after, until
         self.calls = []
+        self.last_output = None  # (shape, dtype, device) of the last layer's output, for ``output`` mode
 
     def layer_call(self, index: int, args: tuple, kwargs: dict):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -125,8 +126,43 @@ class _Trace:
                 raise _Stop(self.structure.state_at(index, args, kwargs))
             if index == self.after:
                 hidden = self.given
+        elif self.mode == "output" and index == self.structure.n_layers - 1 and self.last_output is not None:
+            # What follows the layers (a final norm) runs on a stand-in of the right shape; the head's output is
+            # then replaced by the state, so nothing of it reaches the result.
+            shape, dtype, device = self.last_output
+            hidden = torch.zeros(shape, dtype=dtype, device=device)
         width = self.structure.tuple_output[index]
         return (hidden, *[None] * (width - 1)) if width else hidden
+
+
+class _StatisticsOnce:
+    """Batch-norm running statistics move once per EP step, as in backprop's one forward: the first call that runs
+    a norm in a step updates it; every later call of the step (settling, re-linearizing, the contrast, the traced
+    forward's re-runs of the embeddings) puts its statistics back. The normalization itself always uses the
+    calling phase's batch statistics in train mode (the step's function, as backprop differentiates it)."""
+
+    def __init__(self, model: nn.Module):
+        self.norms = [m for m in model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.moved: set[nn.Module] = set()
+
+    def new_step(self) -> None:
+        self.moved.clear()
+
+    @contextlib.contextmanager
+    def once(self):
+        if not self.norms:
+            yield
+            return
+        saved = {m: {k: b.clone() for k, b in m._buffers.items() if b is not None} for m in self.norms}
+        try:
+            yield
+        finally:
+            for m, before in saved.items():
+                if m in self.moved:  # swapped back, not copied: a graph of the call may hold the moved tensors
+                    m._buffers.update(before)
+                elif any(not torch.equal(m._buffers[k], old) for k, old in before.items()):
+                    self.moved.add(m)
 
 
 class TracedStructure:
@@ -148,6 +184,7 @@ class TracedStructure:
         self.label_names = find_labels(type(model))
         self.no_cache = _no_cache(self.forward)
         self.encoder_decoder = any(carries)
+        self.statistics = _StatisticsOnce(model)
         lists = [model.get_submodule(path) for path in layers_paths]
         self.list_index = [k for k, layers in enumerate(lists) for _ in layers]
         self.signatures = [inspect.signature(layer.forward) for layers in lists for layer in layers]
@@ -181,7 +218,7 @@ class TracedStructure:
 
     def call(self, model: nn.Module, trace: _Trace, inputs: dict):
         """The stock forward under ``trace``: what a stand-in stopped it with, or its output."""
-        with self.traced(model, trace):
+        with self.traced(model, trace), self.statistics.once():
             try:
                 return self.forward(model, **inputs, **self.no_cache, return_dict=True)
             except _Stop as stop:
@@ -208,6 +245,8 @@ class TracedStructure:
         inputs = {k: v for k, v in kw.items() if k not in self.label_names and v is not None}
         if self.encoder_decoder and inputs.get("decoder_input_ids") is None:
             inputs["decoder_input_ids"] = _decoder_inputs(model, batch_labels.get("labels"))
+        if not replaying(model):  # a new step (the contrast's and the audit's calls replay this one)
+            self.statistics.new_step()
         record = _Trace(self, "record")
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             self.call(model, record, inputs)  # dropout draws here must not move the step's random stream
@@ -222,11 +261,14 @@ class TracedStructure:
                 if after is None:
                     return self.call(model, _Trace(self, "between", until=until), {**inputs, name: s})
                 h = s[:, :split[after]] if self.carries[after] else s
+                if until is None:  # the tail: the output state's tail runs on a stand-in of this shape
+                    last_output[:] = [(h.shape, h.dtype, h.device)]
                 return self.call(model, _Trace(self, "between", h, after, until), inputs)
 
             return run
 
         split = [None] * n  # the hidden length of a carrying layer's state [h; e]
+        last_output = []
 
         def layer(index: int, call_args: tuple, call_kwargs: dict) -> Callable[[Tensor], Tensor]:
             module, bias_from = layers[index], self.bias_from[index]
@@ -241,7 +283,8 @@ class TracedStructure:
                 bound = _bound(self.signatures[index], call_args, call_kwargs)
                 bound.arguments.update(given)
                 bound.arguments[next(iter(bound.signature.parameters))] = s
-                out = module(*bound.args, **bound.kwargs)
+                with self.statistics.once():
+                    out = module(*bound.args, **bound.kwargs)
                 out = out[0] if isinstance(out, tuple) else out
                 return torch.cat([out, given["encoder_hidden_states"]], 1) if self.carries[index] else out
 
@@ -251,6 +294,7 @@ class TracedStructure:
             """The forward's own tail from the head module's output ``state`` on, with the batch's labels."""
             given = {"labels": labels} if labels is not None else {}
             trace = _Trace(self, "output", state)
+            trace.last_output = last_output[0] if last_output else None
             return self.call(model, trace, {**inputs, **batch_labels, **given, **loss_kwargs})
 
         layer_blocks = [layer(i, a, k) for i, a, k in record.calls]
@@ -313,8 +357,8 @@ def find_layer_lists(model: nn.Module) -> list[str]:
 
 def probe_batch(model: nn.Module) -> dict:
     """A small batch of the model's main input for the structural check: 2 rows of 6 tokens (3 choices for
-    multiple choice; an encoder–decoder's decoder gets 5, so that the lengths differ), or 2 images of the config's
-    size."""
+    multiple choice; an encoder–decoder's decoder gets 5, so that the lengths differ), 2 images of the config's
+    size, or 2 clips of raw audio."""
     config, params = model.config, inspect.signature(type(model).forward).parameters
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -331,8 +375,10 @@ def probe_batch(model: nn.Module) -> dict:
         size = size if isinstance(size, int) else size[0]
         dtype = next(model.parameters()).dtype
         return {"pixel_values": torch.rand(2, channels, size, size, generator=g).to(device, dtype)}
-    raise DoesNotFit(f"its forward takes none of input_ids / pixel_values, so no probe batch could check "
-                             "its structure")
+    if "input_values" in params:  # raw audio: a tenth of a second at 16 kHz
+        return {"input_values": torch.randn(2, 1600, generator=g).to(device, next(model.parameters()).dtype)}
+    raise DoesNotFit("its forward takes none of input_ids / pixel_values / input_values, so no probe batch could "
+                     "check its structure")
 
 
 def _bias_table(first_layer: nn.Module) -> nn.Module | None:
@@ -350,12 +396,15 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     lists = {path: list(model.get_submodule(path)) for path in paths}
     batch = probe_batch(model)
     forward = type(model).forward
-    calls, order = [], []
+    calls, order, outputs = [], [], []
     names = {m: n for n, m in model.named_modules()}
     in_layers = {m for layers in lists.values() for layer in layers for m in layer.modules()}
 
     def on_layer(module, args, kwargs):
         calls.append((module, args, kwargs))
+
+    def on_layer_output(module, args, output):
+        outputs.append(len(output) if isinstance(output, tuple) else 0)
 
     def on_module(module, args, output):
         if module not in in_layers and next(module.parameters(recurse=False), None) is not None:
@@ -364,6 +413,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     was_training = model.training
     model.eval()
     handles = [layer.register_forward_pre_hook(on_layer, with_kwargs=True) for ls in lists.values() for layer in ls]
+    handles += [ls[0].register_forward_hook(on_layer_output) for ls in lists.values()]
     handles.append(torch.nn.modules.module.register_module_forward_hook(on_module))
     try:
         with torch.enable_grad():  # layer inputs that carry a graph depend on parameters
@@ -403,11 +453,9 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     if not order:
         raise DoesNotFit("its forward runs no module with parameters after its layers (no head)")
     head = order[-1]
-    widths = []
-    for path in paths:  # what each list's layers return: a tensor, or a tuple of this length
-        layer, args, kwargs = next(c for c in calls if c[0] is lists[path][0])
-        out = layer(*args, **kwargs)
-        widths += [len(out) if isinstance(out, tuple) else 0] * len(lists[path])
+    widths = []  # what each list's layers return: a tensor, or a tuple of this length (in call order)
+    for path, width in zip(paths, outputs):
+        widths += [width] * len(lists[path])
     structure = TracedStructure(model, paths, names[head], widths, carries, bias_from)
     _check_reproduces(model, structure, batch, reference)
     return structure
