@@ -437,18 +437,20 @@ def trace_structure(model: nn.Module) -> TracedStructure:
         bound = _bound(inspect.signature(layer.forward), args, kwargs).arguments
         hidden = next(iter(bound))
         carries.append(len(paths) > 1 and bound.get("encoder_hidden_states") is not None)
-        table = None
+        first = next(ls[0] for ls in lists.values() if layer in ls)
+        # A position bias handed on from the list's first layer (T5) is recomputed in each block from that layer's
+        # table: the record run's stand-ins hand on nothing, and the table's gradient must reach every block.
+        handed = isinstance(bound.get("position_bias"), Tensor) and layer is not first
+        table = _bias_table(first) if handed else None
         for key, value in bound.items():
-            if key == hidden or (key == "encoder_hidden_states" and carries[-1]):
-                continue  # the state itself, and the carried encoder state
+            carried = key == "encoder_hidden_states" and carries[-1]
+            if key == hidden or carried or (key == "position_bias" and table is not None):
+                continue  # the state itself, the carried encoder state, a recomputed bias
             values = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (
                 value,)
             if any(isinstance(t, Tensor) and t.requires_grad for t in values):
-                first = next(ls[0] for ls in lists.values() if layer in ls)
-                table = _bias_table(first) if key == "position_bias" else None
-                if table is None:
-                    raise DoesNotFit(f"its layers ({', '.join(paths)}) get inputs besides the hidden state that "
-                                     f"depend on parameters ({key})")
+                raise DoesNotFit(f"its layers ({', '.join(paths)}) get inputs besides the hidden state that "
+                                 f"depend on parameters ({key})")
         bias_from.append(table)
     if not order:
         raise DoesNotFit("its forward runs no module with parameters after its layers (no head)")
