@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from transformers.cache_utils import Cache
 from transformers.utils import find_labels
 
@@ -141,16 +142,61 @@ class _StatisticsOnce:
                     self.moved.add(m)
 
 
+_TOPK = (torch.topk, Tensor.topk)
+
+
+class _RoutingOnce(TorchFunctionMode):
+    """Top-k choices (a mixture of experts' routing) made once per EP step: a layer's first call of the step records
+    the indices of each top-k it takes; its later calls (settling, the contrast) reuse them, taking the values at
+    those indices from their own input. So every phase and the contrast run the same routed network, as dropout
+    masks are shared, and the router's weights stay a smooth function of the state. Active only for models whose
+    layers take a top-k (found on the probe batch), so no other model pays Python dispatch for its torch calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.choices: dict[int, list[Tensor]] = {}
+        self.replay: list[Tensor] | None = None
+        self.record: list[Tensor] | None = None
+
+    def new_step(self) -> None:
+        self.choices.clear()
+
+    @contextlib.contextmanager
+    def once(self, layer: int):
+        recorded = self.choices.get(layer)
+        self.record, self.replay = (None, iter(recorded)) if recorded is not None else (
+            self.choices.setdefault(layer, []), None)
+        with self:
+            yield
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in _TOPK:
+            return func(*args, **kwargs)
+        if self.replay is None:
+            result = func(*args, **kwargs)
+            self.record.append(result.indices)
+            return result
+        indices = next(self.replay, None)
+        if indices is None:
+            raise RuntimeError("a layer took more top-k choices than in the step's free pass; EP needs every phase "
+                               "to run the same routed network")
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+        return torch.return_types.topk((args[0].gather(dim, indices), indices))
+
+
 class TracedStructure:
     """A model's layer list and head module, found and checked once (:func:`trace_structure`)."""
 
-    def __init__(self, model: nn.Module, layers_path: str, head_path: str, tuple_output: int):
-        """``tuple_output``: the length of the tuple a layer returns (0: a tensor)."""
+    def __init__(self, model: nn.Module, layers_path: str, head_path: str, tuple_output: int, routes: bool):
+        """``tuple_output``: the length of the tuple a layer returns (0: a tensor); ``routes``: its layers take
+        top-k choices (mixture of experts)."""
         self.layers_path, self.head_path, self.tuple_output = layers_path, head_path, tuple_output
         self.forward = type(model).forward  # the class forward: the instance's routes EP's contrast
         self.label_names = find_labels(type(model))
         self.no_cache = _no_cache(self.forward)
         self.statistics = _StatisticsOnce(model)
+        self.routing = _RoutingOnce() if routes else None
 
     @contextlib.contextmanager
     def traced(self, model: nn.Module, trace: _Trace):
@@ -193,6 +239,8 @@ class TracedStructure:
         n = self.n_layers(model)
         if not replaying(model):  # a new step (the contrast's and the audit's calls replay this one)
             self.statistics.new_step()
+            if self.routing is not None:
+                self.routing.new_step()
         record = _Trace(n, self.tuple_output)
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             self.call(model, record, inputs)  # dropout draws here must not move the step's random stream
@@ -207,7 +255,8 @@ class TracedStructure:
             module = layers[index]
 
             def run(s: Tensor) -> Tensor:
-                with self.statistics.once():
+                routing = self.routing.once(index) if self.routing is not None else contextlib.nullcontext()
+                with self.statistics.once(), routing:
                     out = module(s, *call_args[1:], **call_kwargs) if call_args else module(
                         **{**call_kwargs, "hidden_states": s})
                 return out[0] if isinstance(out, tuple) else out
@@ -233,6 +282,16 @@ class TracedStructure:
         blocks = [embedding, *(layer(i, a, k) for i, a, k in record.calls), tail]
         blocks = shared_mask_blocks(blocks, step_seeds(model, len(blocks), replaying(model)), x.device)
         return BlockStack(x, blocks, loss=lambda s: output(s)["loss"], output=output)
+
+
+class _CountsTopk(TorchFunctionMode):
+    """Counts the top-k choices a forward takes (a mixture of experts' routing)."""
+
+    calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += func in _TOPK
+        return func(*args, **(kwargs or {}))
 
 
 def _no_cache(forward) -> dict:
@@ -311,7 +370,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     handles.append(layers[0].register_forward_hook(on_layer_output))
     handles.append(torch.nn.modules.module.register_module_forward_hook(on_module))
     try:
-        with torch.enable_grad():  # layer inputs that carry a graph depend on parameters
+        with torch.enable_grad(), _CountsTopk() as topk:  # layer inputs with a graph depend on parameters
             reference = forward(model, **batch, **_no_cache(forward), return_dict=True)
     except Exception as err:
         raise DoesNotFit(f"its forward did not run on a probe batch ({type(err).__name__}: {err})") from err
@@ -333,7 +392,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     if not order:
         raise DoesNotFit("its forward runs no module with parameters after its layers (no head)")
     head = order[-1]
-    structure = TracedStructure(model, layers_path, names[head], outputs[0])
+    structure = TracedStructure(model, layers_path, names[head], outputs[0], topk.calls > 0)
     _check_reproduces(model, structure, batch, reference)
     return structure
 
