@@ -280,3 +280,25 @@ def test_batch_norm_statistics_move_once_per_ep_step_as_in_backprop(monkeypatch)
     unguarded = build(*resnet).train()
     mep_hf.ep_backward(unguarded, batch)
     assert max(int(m.num_batches_tracked) for m in unguarded.modules() if isinstance(m, torch.nn.BatchNorm2d)) > 1
+
+
+def test_moe_routing_is_chosen_once_per_step():
+    """A mixture of experts routes once per step: a layer's later calls in the step (settling, the contrast) reuse
+    the experts its first call chose, whatever their input; the next step chooses afresh. Negative control: the
+    same input in a new step is routed by its own state."""
+    mixtral = next(c for c in CASES if c[0] == "mixtral")
+    model = build(*mixtral)
+    prepare_ep_model(model)
+    model.set_experts_implementation("eager")
+    model.double().eval()
+    batch = batch_for(mixtral[1])
+    routed = []
+    hook = model.model.layers[0].mlp.gate.register_forward_hook(lambda m, a, out: routed.append(out[-1].clone()))
+    stack = model.ep_stack(**batch)
+    state = stack.blocks[0](stack.inputs)
+    stack.blocks[1](state)  # the step's first call of the layer: it chooses
+    stack.blocks[1](-3 * state)  # a very different state, the same step
+    model.ep_stack(**batch).blocks[1](-3 * state)  # a new step
+    hook.remove()
+    assert torch.equal(routed[1], routed[0])
+    assert not torch.equal(routed[2], routed[0])

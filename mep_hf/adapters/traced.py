@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from transformers.cache_utils import Cache
 from transformers.utils import find_labels
 
@@ -165,6 +166,49 @@ class _StatisticsOnce:
                     self.moved.add(m)
 
 
+_TOPK = (torch.topk, Tensor.topk)
+
+
+class _RoutingOnce(TorchFunctionMode):
+    """Top-k choices (a mixture of experts' routing) made once per EP step: a layer's first call of the step records
+    the indices of each top-k it takes; its later calls (settling, the contrast) reuse them, taking the values at
+    those indices from their own input. So every phase and the contrast run the same routed network, as dropout
+    masks are shared, and the router's weights stay a smooth function of the state. Active only for models whose
+    layers take a top-k (found on the probe batch), so no other model pays Python dispatch for its torch calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.choices: dict[int, list[Tensor]] = {}
+        self.replay: list[Tensor] | None = None
+        self.record: list[Tensor] | None = None
+
+    def new_step(self) -> None:
+        self.choices.clear()
+
+    @contextlib.contextmanager
+    def once(self, layer: int):
+        recorded = self.choices.get(layer)
+        self.record, self.replay = (None, iter(recorded)) if recorded is not None else (
+            self.choices.setdefault(layer, []), None)
+        with self:
+            yield
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in _TOPK:
+            return func(*args, **kwargs)
+        if self.replay is None:
+            result = func(*args, **kwargs)
+            self.record.append(result.indices)
+            return result
+        indices = next(self.replay, None)
+        if indices is None:
+            raise RuntimeError("a layer took more top-k choices than in the step's free pass; EP needs every phase "
+                               "to run the same routed network")
+        dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+        return torch.return_types.topk((args[0].gather(dim, indices), indices))
+
+
 class TracedStructure:
     """A model's layer list(s) and head module, found and checked once (:func:`trace_structure`).
 
@@ -174,10 +218,11 @@ class TracedStructure:
     """
 
     def __init__(self, model: nn.Module, layers_paths: list[str], head_path: str, tuple_output: list[int],
-                 carries: list[bool], bias_from: list[nn.Module | None]):
+                 carries: list[bool], bias_from: list[nn.Module | None], routes: bool = False):
         """``tuple_output``: per layer, the length of the tuple it returns (0: a tensor); ``carries``: per layer,
         whether it reads a carried encoder state; ``bias_from``: per layer, the module whose ``compute_bias``
-        gives the position bias the layer is handed (T5: the first layer's attention), or ``None``."""
+        gives the position bias the layer is handed (T5: the first layer's attention), or ``None``; ``routes``: its
+        layers take top-k choices (mixture of experts)."""
         self.layers_paths, self.head_path, self.tuple_output = layers_paths, head_path, tuple_output
         self.carries, self.bias_from = carries, bias_from
         self.forward = type(model).forward  # the class forward: the instance's routes EP's contrast
@@ -185,6 +230,7 @@ class TracedStructure:
         self.no_cache = _no_cache(self.forward)
         self.encoder_decoder = any(carries)
         self.statistics = _StatisticsOnce(model)
+        self.routing = _RoutingOnce() if routes else None
         lists = [model.get_submodule(path) for path in layers_paths]
         self.list_index = [k for k, layers in enumerate(lists) for _ in layers]
         self.signatures = [inspect.signature(layer.forward) for layers in lists for layer in layers]
@@ -247,6 +293,8 @@ class TracedStructure:
             inputs["decoder_input_ids"] = _decoder_inputs(model, batch_labels.get("labels"))
         if not replaying(model):  # a new step (the contrast's and the audit's calls replay this one)
             self.statistics.new_step()
+            if self.routing is not None:
+                self.routing.new_step()
         record = _Trace(self, "record")
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             self.call(model, record, inputs)  # dropout draws here must not move the step's random stream
@@ -283,7 +331,8 @@ class TracedStructure:
                 bound = _bound(self.signatures[index], call_args, call_kwargs)
                 bound.arguments.update(given)
                 bound.arguments[next(iter(bound.signature.parameters))] = s
-                with self.statistics.once():
+                routing = self.routing.once(index) if self.routing is not None else contextlib.nullcontext()
+                with self.statistics.once(), routing:
                     out = module(*bound.args, **bound.kwargs)
                 out = out[0] if isinstance(out, tuple) else out
                 return torch.cat([out, given["encoder_hidden_states"]], 1) if self.carries[index] else out
@@ -324,6 +373,16 @@ def _decoder_inputs(model: nn.Module, labels: Tensor | None) -> Tensor:
         raise ValueError(f"{type(model).__name__} needs decoder_input_ids in the batch, or labels to shift right "
                          "into them (prepare_decoder_input_ids_from_labels)")
     return prepare(labels=labels)
+
+
+class _CountsTopk(TorchFunctionMode):
+    """Counts the top-k choices a forward takes (a mixture of experts' routing)."""
+
+    calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += func in _TOPK
+        return func(*args, **(kwargs or {}))
 
 
 def _no_cache(forward) -> dict:
@@ -416,7 +475,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     handles += [ls[0].register_forward_hook(on_layer_output) for ls in lists.values()]
     handles.append(torch.nn.modules.module.register_module_forward_hook(on_module))
     try:
-        with torch.enable_grad():  # layer inputs that carry a graph depend on parameters
+        with torch.enable_grad(), _CountsTopk() as topk:  # layer inputs with a graph depend on parameters
             reference = forward(model, **batch, **_no_cache(forward), return_dict=True)
     except Exception as err:
         raise DoesNotFit(f"its forward did not run on a probe batch ({type(err).__name__}: {err})") from err
@@ -458,7 +517,8 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     widths = []  # what each list's layers return: a tensor, or a tuple of this length (in call order)
     for path, width in zip(paths, outputs):
         widths += [width] * len(lists[path])
-    structure = TracedStructure(model, paths, names[head], widths, carries, bias_from)
+    structure = TracedStructure(model, paths, names[head], widths, carries, bias_from,
+                                topk.calls > 0)
     _check_reproduces(model, structure, batch, reference)
     return structure
 
