@@ -1,6 +1,7 @@
 """mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer.
 
-Train: :class:`EPTrainer` + :class:`EPTrainingArguments`, or in a loop of your own :func:`ep_backward` (EP's
+Train: :class:`EPTrainer` + :class:`EPTrainingArguments` (``Seq2SeqTrainer``'s: :class:`EPSeq2SeqTrainer` +
+:class:`EPSeq2SeqTrainingArguments`), or in a loop of your own :func:`ep_backward` (EP's
 ``loss.backward()``; Lightning: ``mep_hf.integrations.lightning``). Models: the EP-native ones here (Auto-registered) or any
 stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Continual learning: :class:`EWCCallback` (``mep_hf.callbacks``). Optimizers:
 ``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model zoo: ``mep_hf.hub``. The algorithm:
@@ -36,6 +37,7 @@ from .models import (
 )
 from .optim import PRESETS, build_optimizer
 from .runtime import configure_threads
+from .seq2seq import EPSeq2SeqTrainer, EPSeq2SeqTrainingArguments
 from .trainer import EPTrainer
 from .training_args import EPTrainingArguments
 from .version import __version__
@@ -58,6 +60,8 @@ __all__ = [
     "EPMLPForImageClassification",
     "EPResidualMLPConfig",
     "EPResidualMLPForImageClassification",
+    "EPSeq2SeqTrainer",
+    "EPSeq2SeqTrainingArguments",
     "EPTrainer",
     "EPTrainingArguments",
     "EWCCallback",

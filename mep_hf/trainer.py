@@ -299,7 +299,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
 # Trainer methods that make a step EP's: a class ahead of EPTrainer in the MRO that defines one trains by backprop.
 EP_STEP_METHODS = ("compute_loss", "training_step")
 # Ready-made EP versions of Trainer subclasses, named in the refusal below.
-EP_READY = {"SFTTrainer": "mep_hf.trl.EPSFTTrainer"}
+EP_READY = {"SFTTrainer": "mep_hf.trl.EPSFTTrainer", "Seq2SeqTrainer": "mep_hf.EPSeq2SeqTrainer"}
 
 
 def _refuse_shadowed_ep_step(cls: type) -> None:

@@ -353,11 +353,13 @@ class _Exploding(torch.utils.data.Dataset):
 
 
 def test_unsupported_model_type_fails_at_init_and_lists_what_is(tmp_path):
-    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers import CLIPConfig, CLIPModel
 
-    model = T5ForConditionalGeneration(T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=8, num_layers=1, num_heads=2))
-    with pytest.raises(TypeError, match=r"T5ForConditionalGeneration cannot be split into EP blocks.*"
-                                        r"model_type='t5'.*llama \(LlamaForCausalLM"):
+    small = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    model = CLIPModel(CLIPConfig(text_config=dict(vocab_size=32, bos_token_id=0, eos_token_id=1, **small),
+                                 vision_config=dict(image_size=8, patch_size=4, **small), projection_dim=8))
+    with pytest.raises(TypeError, match=r"CLIPModel cannot be split into EP blocks.*"
+                                        r"model_type='clip'.*llama \(LlamaForCausalLM"):
         EPTrainer(model=model, args=toy_args(tmp_path), train_dataset=_Exploding())
 
 

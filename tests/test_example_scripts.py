@@ -4,7 +4,10 @@ EPTrainer / TrainingArguments -> EPTrainingArguments swap, train stock models by
 * ``run_clm.py``: a Llama-style decoder from ``--model_type llama --config_overrides``, causal LM;
 * ``run_mlm.py``: a BERT encoder, masked LM (``DataCollatorForLanguageModeling``);
 * ``run_classification.py``: the same BERT, text classification from a csv file;
-* ``run_image_classification.py``: a ViT on an ``imagefolder`` of PNGs.
+* ``run_image_classification.py``: a ViT on an ``imagefolder`` of PNGs;
+* ``run_qa.py``: BERT extractive question answering (start/end positions) from SQuAD-format json;
+* ``run_translation.py`` (T5) and ``run_summarization.py`` (BART): ``Seq2SeqTrainer`` / ``Seq2SeqTrainingArguments``
+  swapped for ``EPSeq2SeqTrainer`` / ``EPSeq2SeqTrainingArguments``, evaluated with ``predict_with_generate``.
 
 The tokenizer is a word-level ``tokenizers`` one built here; the models are tiny configs saved with
 ``save_pretrained``. Each run is a few steps; what is checked is that the stock plumbing (argument parsing,
@@ -26,6 +29,9 @@ import torch
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 SWAP = "from mep_hf import EPTrainer as Trainer, EPTrainingArguments as TrainingArguments  # the swap"
 STOCK = "from transformers import Trainer, TrainingArguments"
+SEQ2SEQ_SWAP = ("from mep_hf import EPSeq2SeqTrainer as Seq2SeqTrainer, EPSeq2SeqTrainingArguments as "
+                "Seq2SeqTrainingArguments  # the swap")
+SEQ2SEQ_STOCK = "from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments"
 WORDS = "the a is red blue green small big cat dog bird fish sees likes chases happy sad glad gloomy and .".split()
 EP_FLAGS = ["--ep_beta", "0.01", "--ep_nudging", "centered", "--ep_settle_steps", "2"]
 
@@ -82,8 +88,8 @@ def trained_by_ep(out: Path) -> bool:
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("run_*.py")))
 def test_scripts_differ_from_stock_by_the_swap_only(script):
     source = (SCRIPTS / script).read_text()
-    assert source.count(SWAP) == 1
-    stock = source.replace(SWAP, STOCK)
+    assert source.count(SWAP) + source.count(SEQ2SEQ_SWAP) == 1
+    stock = source.replace(SWAP, STOCK).replace(SEQ2SEQ_SWAP, SEQ2SEQ_STOCK)
     assert "mep_hf" not in stock.replace("mep-hf", "") and "EPTrainer" not in stock.split('"""', 2)[2]
 
 
@@ -201,3 +207,105 @@ def test_run_image_classification_vit(tmp_path, monkeypatch):
     assert trained_by_ep(out)
     # 6 of the 24 images are the eval split (the script's train_val_split 0.25)
     close_to_backprop("run_image_classification.py", script_args, out, tmp_path, monkeypatch, eval_examples=6)
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    """For QA and the Seq2Seq scripts: one vocabulary (the words, questions, and a made-up target language: each word
+    with ``_x``), a BERT-style and a T5/BART-style tokenizer of it, and the data files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tasks")
+    specials = ["<pad>", "</s>", "<unk>", "<s>", "[CLS]", "[SEP]", "[MASK]"]
+    words = WORDS + ["what", "does", "?", "translate", ":"] + [f"{w}_x" for w in WORDS]
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    templates = {"bert": ("[CLS] $A [SEP]", "[CLS] $A [SEP] $B [SEP]", [("[CLS]", 4), ("[SEP]", 5)]),
+                 "seq2seq": ("$A </s>", "$A </s> $B </s>", [("</s>", 1)])}
+    for name, (single, pair, special_tokens) in templates.items():
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special_tokens)
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>",
+                                bos_token="<s>", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                model_max_length=64).save_pretrained(root / name)
+    rng = random.Random(0)
+    for split, n in (("train", 32), ("dev", 8)):
+        qa, translation, summaries = [], [], ["text,summary"]
+        for i in range(n):
+            color, animal, size = rng.choice(["red", "blue", "green"]), rng.choice(["cat", "dog", "bird"]), rng.choice(
+                ["small", "big"])
+            verb, mood = rng.choice(["sees", "likes", "chases"]), rng.choice(["happy", "sad"])
+            text = f"the {color} {animal} is {mood} and {verb} a {size} fish ."
+            answer = f"{size} fish"
+            qa.append({"id": f"{split}{i}", "title": "", "context": text, "question": f"what does the {animal} {verb} ?",
+                       "answers": {"text": [answer], "answer_start": [text.index(answer)]}})
+            translation.append({"translation": {"en": text, "xx": " ".join(f"{w}_x" for w in text.split())}})
+            summaries.append(f"{text},the {animal} is {mood}")
+        for name, rows in (("qa", qa), ("translation", translation)):
+            (root / f"{name}_{split}.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        (root / f"summaries_{split}.csv").write_text("\n".join(summaries) + "\n")
+    return root, len(vocab)
+
+
+def generation_evaluated(out: Path, metric: str) -> None:
+    """Evaluation ran with predict_with_generate: the script's metric of the generated texts is in the results."""
+    results = json.loads((out / "eval_results.json").read_text())
+    assert np.isfinite(results["eval_loss"]) and 0 < results["eval_gen_len"] and metric in results, results
+
+
+def test_run_qa_bert(task_files, tmp_path, monkeypatch):
+    from transformers import BertForQuestionAnswering
+
+    root, vocab_size = task_files
+    model_dir = tiny_bert_dir(tmp_path, root / "bert", vocab_size, BertForQuestionAnswering)
+    out = tmp_path / "qa"
+    run_script("run_qa.py", ["--model_name_or_path", str(model_dir), "--train_file", str(root / "qa_train.json"),
+                             "--validation_file", str(root / "qa_dev.json"), "--max_seq_length", "32",
+                             "--doc_stride", "8", *common_flags(out, tmp_path / "cache")], monkeypatch)
+    assert trained_by_ep(out)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert np.isfinite(results["eval_loss"]) and 0 <= results["eval_exact_match"] <= 1
+
+
+def test_run_translation_t5(task_files, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    root, vocab_size = task_files
+    torch.manual_seed(0)
+    model_dir = tmp_path / "t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=vocab_size, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                                        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                        decoder_start_token_id=0)).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(root / "seq2seq").save_pretrained(model_dir)
+    out = tmp_path / "translation"
+    run_script("run_translation.py", ["--model_name_or_path", str(model_dir), "--source_lang", "en", "--target_lang",
+                                      "xx", "--source_prefix", "translate : ", "--train_file",
+                                      str(root / "translation_train.json"), "--validation_file",
+                                      str(root / "translation_dev.json"), "--predict_with_generate",
+                                      "--generation_max_length", "16", *common_flags(out, tmp_path / "cache")],
+               monkeypatch)
+    assert trained_by_ep(out)
+    generation_evaluated(out, "eval_exact_match")
+
+
+def test_run_summarization_bart(task_files, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    root, vocab_size = task_files
+    torch.manual_seed(0)
+    model_dir = tmp_path / "bart"
+    BartForConditionalGeneration(BartConfig(
+        vocab_size=vocab_size, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=3, eos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=1,
+    )).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(root / "seq2seq").save_pretrained(model_dir)
+    out = tmp_path / "summarization"
+    run_script("run_summarization.py", ["--model_name_or_path", str(model_dir), "--train_file",
+                                        str(root / "summaries_train.csv"), "--validation_file",
+                                        str(root / "summaries_dev.csv"), "--predict_with_generate",
+                                        "--generation_max_length", "8", *common_flags(out, tmp_path / "cache")],
+               monkeypatch)
+    assert trained_by_ep(out)
+    generation_evaluated(out, "eval_unigram_f1")

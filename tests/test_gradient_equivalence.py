@@ -130,17 +130,21 @@ def test_one_sided_nudging_is_biased_to_first_order():
     assert error(0.1, "centered") < 0.2 * pos_small
 
 
-def test_five_point_nudging_is_exact_to_fourth_order():
-    """The scheme added through the registry alone (±β, ±2β; its weights come from ``contrast_weights``): at a β
-    where centered nudging's O(β²) bias fails the bound, the five-point stencil's O(β⁴) bias passes it, and halving
-    β divides its error by about 16. Both memory modes."""
+def _deep_tanh_stack():
+    """The deep tanh MLP's stack on a float64 batch, and its parameters (the nudging tests' model)."""
     torch.manual_seed(0)
     model = EPMLPForImageClassification(
         EPMLPConfig(input_size=50, hidden_sizes=[64, 48, 32], activation="tanh", num_labels=7)
     ).double()
     x, y = torch.rand(12, 50, dtype=torch.float64), torch.randint(0, 7, (12,))
-    stack = model.ep_stack(pixel_values=x, labels=y)
-    params = list(model.parameters())
+    return model.ep_stack(pixel_values=x, labels=y), list(model.parameters())
+
+
+def test_five_point_nudging_is_exact_to_fourth_order():
+    """The scheme added through the registry alone (±β, ±2β; its weights come from ``contrast_weights``): at a β
+    where centered nudging's O(β²) bias fails the bound, the five-point stencil's O(β⁴) bias passes it, and halving
+    β divides its error by about 16. Both memory modes."""
+    stack, params = _deep_tanh_stack()
     config = SettleConfig(steps=40)  # settled to float64 precision: only the nudging's bias remains
 
     def worst(beta, nudging):
@@ -173,13 +177,7 @@ def test_convnet_model_gradients_match_backprop():
 def test_bounds_fail_for_one_sided_nudging_and_unsettled_phases():
     """Negative controls: at the same β, one-sided nudging (an O(β) bias) and gradient-descent settling stopped
     after 20 steps both fail the bounds the tests above pass."""
-    torch.manual_seed(0)
-    model = EPMLPForImageClassification(
-        EPMLPConfig(input_size=50, hidden_sizes=[64, 48, 32], activation="tanh", num_labels=7)
-    ).double()
-    x, y = torch.rand(12, 50, dtype=torch.float64), torch.randint(0, 7, (12,))
-    stack = model.ep_stack(pixel_values=x, labels=y)
-    params = list(model.parameters())
+    stack, params = _deep_tanh_stack()
     for kwargs in (dict(nudging="positive"), dict(config=SettleConfig(steps=20, mode="gradient", lr=0.2))):
         cos, rel = compare(params, stack, lambda c: c(stack), **kwargs)
         print(f"{kwargs}: max relative error {max(rel):.3g}")

@@ -64,6 +64,8 @@ def test_two_gloo_processes_equal_one_process_on_the_doubled_batch(tmp_path):
     assert max_diff(ranks[0], undoubled) > 1e-3, "the undoubled batch should train differently"
 
 
+# The resumed run writes its checkpoints into the folder it resumes from, on purpose (Lightning says it is not empty).
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_a_checkpoint_resumes_exactly(tmp_path):
     """4 steps straight, against 2 steps, a Lightning checkpoint, and 2 more from it in a new Trainer and module
     (made in float64 by ``Trainer.init_module``, so the checkpoint's weights load without a float32 round trip);
@@ -74,7 +76,10 @@ def test_a_checkpoint_resumes_exactly(tmp_path):
     trainer(max_steps=4, enable_checkpointing=True, callbacks=[saving]).fit(straight, datamodule=data)
     checkpoint = tmp_path / "epoch=0-step=2.ckpt"
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.name, "epoch=1-step=4.ckpt"]
-    resuming, weights_only = trainer(max_steps=4), trainer(max_steps=2)
+    # The resuming run has the callback that wrote the checkpoint, as Lightning asks (its state is in it).
+    again = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    resuming = trainer(max_steps=4, enable_checkpointing=True, callbacks=[again])
+    weights_only = trainer(max_steps=2)
     with resuming.init_module():
         resumed = EPClassifier()
     resuming.fit(resumed, datamodule=data, ckpt_path=checkpoint)

@@ -32,6 +32,8 @@ logger = logging.get_logger(__name__)
 # Arguments of stock forwards that have no meaning in an EP training step, refused when set (None / False pass).
 REFUSED_INPUTS = {
     "inputs_embeds": "EP needs the token ids: s_0 is `input_ids` (inputs_embeds are not supported)",
+    "decoder_inputs_embeds": "EP needs the decoder's token ids (decoder_inputs_embeds are not supported)",
+    "encoder_outputs": "EP runs the encoder as part of its block stack (encoder_outputs are not supported)",
     "cache": "a key/value cache has no place in an EP training step",
     "past_key_values": "a key/value cache has no place in an EP training step",
     "use_cache": "a key/value cache (use_cache=True) has no place in an EP training step",

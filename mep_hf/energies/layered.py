@@ -268,11 +268,18 @@ def _sweep(lin: Linearization, beta: float, release: bool = False) -> tuple[list
     ``release`` the linearization is consumed on the way (all but block 1's, which the contrast reuses)."""
     errors, inner = [-beta * lin.loss_grad], [None] * len(lin.blocks)
     for l in range(len(lin.blocks) - 1, 0, -1):
-        errors.insert(0, lin.vjp(l, errors[0]))
+        errors.insert(0, _own_storage(lin.vjp(l, errors[0]), errors[0]))
         inner[l] = getattr(lin.blocks[l], "inner", None)
         if release:
             lin.blocks[l] = lin.states[l] = None
     return errors, inner
+
+
+def _own_storage(error: Tensor, above: Tensor) -> Tensor:
+    """A block that passes (part of) its input through (an encoder state carried by decoder blocks) gets back a
+    view of the error above as its VJP; the contrast places each state in its error's storage, so each error must
+    own its storage."""
+    return error.clone() if error.untyped_storage().data_ptr() == above.untyped_storage().data_ptr() else error
 
 
 def _layer_energies(errors: Sequence[Tensor], inner: Sequence[InnerErrors | None], batch_size: int) -> list[float]:
