@@ -24,13 +24,13 @@ import mep_hf  # noqa: E402
 from tests.test_ep_backward import EXACT, mlp_case  # noqa: E402
 
 
-def launched() -> tuple[Path, int, int]:
-    """``--out``, this process's rank and the world size, with its gloo group started (one thread per process)."""
+def launched(backend: str = "gloo") -> tuple[Path, int, int]:
+    """``--out``, this process's rank and the world size, with its process group started (one thread per process)."""
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     out = Path(p.parse_args().out)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    dist.init_process_group(backend)
     return out, dist.get_rank(), dist.get_world_size()
 
 

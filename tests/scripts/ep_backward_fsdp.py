@@ -4,11 +4,14 @@ shard sizes and the most FSDP units it held gathered at once. The helper of
 ``tests/test_fsdp.py::test_fsdp2_equals_one_process_on_the_doubled_batch``.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/scripts/ep_backward_fsdp.py --out DIR
+
+``MEP_FSDP_DEVICE=cuda``: one GPU per rank, nccl (``benchmarks/gpu_checks.sh``; the reference stays on the CPU).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,6 +51,16 @@ class GatherCount:
         FSDPParamGroup.wait_for_unshard = self._wait
 
 
+DEVICE = os.environ.get("MEP_FSDP_DEVICE", "cpu")
+
+
+def on_device(case):
+    """The case's model and batch on this rank's device (a GPU per rank under ``MEP_FSDP_DEVICE=cuda``)."""
+    model, batch = case()
+    device = "cpu" if DEVICE == "cpu" else f"cuda:{dist.get_rank()}"
+    return model.to(device), {k: v.to(device) for k, v in batch.items()}
+
+
 def groups(model) -> list:
     """Each FSDP parameter group once (the modules of one ``fully_shard([a, b])`` unit share it)."""
     found = [g for m in model.modules() if hasattr(m, "_get_fsdp_state") for g in m._get_fsdp_state()._fsdp_param_groups]
@@ -58,7 +71,7 @@ def resume(out: Path, rank: int, world: int) -> dict:
     """Step, save a sharded checkpoint, step again; then a fresh model and optimizer (another init) load it and
     take that second step: the parameters must be the ones of the run that went on. A changed shard is refused."""
     def run(seed):
-        model = mep_hf.shard_for_ep(llama_case(seed)[0])
+        model = mep_hf.shard_for_ep(on_device(lambda: llama_case(seed))[0])
         return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
 
     def step(model, optimizer, batch):
@@ -69,7 +82,7 @@ def resume(out: Path, rank: int, world: int) -> dict:
     def full(model):
         return [p.full_tensor() for p in model.parameters()]
 
-    batch = llama_case()[1]
+    batch = on_device(llama_case)[1]
     second = {k: v.roll(1, 0) for k, v in batch.items()}
     model, optimizer = run(0)
     step(model, optimizer, batch)
@@ -112,17 +125,19 @@ def trainer_refusal(out: Path) -> str | None:
 
 
 def main() -> None:
-    out, rank, world = launched()
+    out, rank, world = launched("gloo" if DEVICE == "cpu" else "nccl")
+    if DEVICE != "cpu":
+        torch.cuda.set_device(rank)
     saved, report = {}, {}
     for name, (case, memory) in CASES.items():
-        model, batch = case()
+        model, batch = on_device(case)
         half = {k: v.chunk(world)[rank] for k, v in batch.items()}
         mep_hf.shard_for_ep(model)
         with GatherCount() as count:
             count.groups = groups(model)
             mep_hf.ep_backward(model, half, **SETTINGS, ep_memory=memory)
         params = list(model.named_parameters())
-        saved.update({f"{name}.{n}": q.grad.full_tensor() for n, q in params})
+        saved.update({f"{name}.{n}": q.grad.full_tensor().cpu() for n, q in params})
         report[name] = {
             "grads_sharded": all(type(q.grad).__name__ == "DTensor" for _, q in params),
             "local_numel": sum(q.to_local().numel() + q.grad.to_local().numel() for _, q in params),
@@ -132,7 +147,7 @@ def main() -> None:
         }
     report["resume"] = resume(out, rank, world)
     # The usual FSDP2 recipe (layers + root) leaves the embeddings and head to the root: refused by name.
-    model, batch = CASES["llama"][0]()
+    model, batch = on_device(CASES["llama"][0])
     mep_hf.prepare_ep_model(model)
     for layer in model.model.layers:
         fully_shard(layer)
