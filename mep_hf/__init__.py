@@ -1,12 +1,12 @@
 """mep-hf: Equilibrium Propagation as a drop-in for backprop in the Hugging Face Trainer.
 
 Train: :class:`EPTrainer` + :class:`EPTrainingArguments` (``Seq2SeqTrainer``'s: :class:`EPSeq2SeqTrainer` +
-:class:`EPSeq2SeqTrainingArguments`), or in a loop of your own :func:`ep_backward` (EP's
-``loss.backward()``; Lightning: ``mep_hf.integrations.lightning``). Models: the EP-native ones here (Auto-registered) or any
-stock model :func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Continual learning: :class:`EWCCallback` (``mep_hf.callbacks``). Optimizers:
-``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model zoo: ``mep_hf.hub``. The algorithm:
-``mep_hf.equilibrium`` (the family-neutral core) and ``mep_hf.energies`` (the energy families; the layered one is
-``mep_hf.energies.layered``). The map: ``docs/architecture.md``.
+:class:`EPSeq2SeqTrainingArguments`), or in a loop of your own :func:`ep_backward` (EP's ``loss.backward()``;
+Lightning: ``mep_hf.integrations.lightning``). Models: the EP-native ones here (Auto-registered) or any stock model
+:func:`prepare_ep_model` supports (``mep_hf.adapters``). Data: ``mep_hf.data``. Continual learning:
+:class:`EWCCallback` (``mep_hf.callbacks``). Optimizers: ``mep_hf.optim``. Metrics: ``mep_hf.metrics``. Hub and model
+zoo: ``mep_hf.hub``. The algorithm: ``mep_hf.equilibrium`` (the family-neutral core) and ``mep_hf.energies`` (the
+energy families; the layered one is ``mep_hf.energies.layered``). The map: ``docs/architecture.md``.
 """
 
 from . import adapters, callbacks, data, hub, metrics, optim

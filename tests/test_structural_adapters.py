@@ -87,6 +87,9 @@ SEQ2SEQ_CASES = [
     # gradients).
     ("bart", "BartForConditionalGeneration", _SEQ2SEQ),
     ("mbart", "MBartForConditionalGeneration", _SEQ2SEQ),
+    # speech: log-mel frames in (two per encoder position), a convolutional stem as the first block
+    ("whisper", "WhisperForConditionalGeneration", dict(_SEQ2SEQ, num_mel_bins=8, max_source_positions=8,
+                                                         max_target_positions=16, decoder_start_token_id=1)),
 ]
 
 # EP's centered bias is O(β²) with the model's curvature: DeBERTa's QA loss has 1.0e-4 relative error at β = 1e-5
@@ -102,6 +105,9 @@ def build(model_type: str, cls: str, overrides: dict, seed: int = 0) -> torch.nn
 
 def batch_for(cls: str, n: int = 3, length: int = 7, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
+    if cls.startswith("Whisper"):
+        features = torch.randn(n, 8, 16, generator=g)  # 8 mel bins, 2 frames per encoder position
+        return {"input_features": features, "labels": torch.randint(3, 48, (n, 5), generator=g)}
     if cls.startswith("Wav2Vec2"):
         return {"input_values": torch.randn(n, 400, generator=g), "labels": torch.randint(0, 3, (n,), generator=g)}
     if cls.endswith("ForImageClassification"):
@@ -209,16 +215,18 @@ def test_lora_on_a_model_by_structure_matches_backprop(case, targets):
 
 
 @pytest.mark.parametrize("memory", ["fast", "low"])
-@pytest.mark.parametrize("model_type, cls, overrides", SEQ2SEQ_CASES, ids=["T5", "flan-T5", "BART", "mBART"])
+@pytest.mark.parametrize("model_type, cls, overrides", SEQ2SEQ_CASES, ids=["T5", "flan-T5", "BART", "mBART",
+                                                                     "Whisper"])
 def test_encoder_decoder_ep_equals_backprop(model_type, cls, overrides, memory):
     """The encoder's state carried through the decoder blocks: exact with inner states ("fast": the copy has no
     error of its own) and with block states ("low": one identity error term per decoder block, O(β) displacement)."""
     model = build(model_type, cls, overrides)
     prepare_ep_model(model)
     model.double().eval()
-    blocks = model.ep_stack(**batch_for(cls)).blocks
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch_for(cls).items()}
+    blocks = model.ep_stack(**batch).blocks
     assert len(blocks) == 2 + 2 + 1 + 2  # embedding, encoder layers, the forward between the stacks, decoder, tail
-    assert check_against_backprop(model, batch_for(cls), memory=memory) == []
+    assert check_against_backprop(model, batch, memory=memory) == []
 
 
 def test_negative_control_encoder_decoder_one_sided_nudging_fails_the_bounds():

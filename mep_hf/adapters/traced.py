@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Callable
 
 import torch
@@ -369,10 +370,13 @@ def _decoder_inputs(model: nn.Module, labels: Tensor | None) -> Tensor:
     """An encoder–decoder batch without ``decoder_input_ids``: the labels shifted right, as the forward and
     ``DataCollatorForSeq2Seq`` make them."""
     prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
-    if labels is None or prepare is None:
-        raise ValueError(f"{type(model).__name__} needs decoder_input_ids in the batch, or labels to shift right "
-                         "into them (prepare_decoder_input_ids_from_labels)")
-    return prepare(labels=labels)
+    shift = getattr(sys.modules[type(model).__module__], "shift_tokens_right", None)  # Whisper's forward uses it
+    if labels is not None and prepare is not None:
+        return prepare(labels=labels)
+    if labels is not None and shift is not None and getattr(model.config, "decoder_start_token_id", None) is not None:
+        return shift(labels, model.config.pad_token_id, model.config.decoder_start_token_id)
+    raise ValueError(f"{type(model).__name__} needs decoder_input_ids in the batch, or labels to shift right into "
+                     "them (prepare_decoder_input_ids_from_labels, or its module's shift_tokens_right)")
 
 
 class _CountsTopk(TorchFunctionMode):
@@ -416,28 +420,34 @@ def find_layer_lists(model: nn.Module) -> list[str]:
 
 def probe_batch(model: nn.Module) -> dict:
     """A small batch of the model's main input for the structural check: 2 rows of 6 tokens (3 choices for
-    multiple choice; an encoder–decoder's decoder gets 5, so that the lengths differ), 2 images of the config's
-    size, or 2 clips of raw audio."""
+    multiple choice), 2 images of the config's size, 2 clips of raw audio, or 2 log-mel spectrograms of the length
+    the encoder takes; an encoder–decoder's decoder gets 5 tokens, so that the lengths differ."""
     config, params = model.config, inspect.signature(type(model).forward).parameters
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     g = torch.Generator().manual_seed(0)
+    vocab = getattr(config.get_text_config(), "vocab_size", 32)
+
+    def tokens(*shape: int) -> Tensor:
+        return torch.randint(min(4, vocab - 1), max(5, min(vocab, 64)), shape, generator=g).to(device)
+
     if "input_ids" in params:
-        vocab = getattr(config.get_text_config(), "vocab_size", 32)
-        shape = (2, 3, 6) if type(model).__name__.endswith("ForMultipleChoice") else (2, 6)
-        ids = torch.randint(min(4, vocab - 1), max(5, min(vocab, 64)), shape, generator=g)
-        batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
-        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
-            batch["decoder_input_ids"] = ids[:, :5].to(device)
-        return batch
-    if "pixel_values" in params:
+        ids = tokens(2, 3, 6) if type(model).__name__.endswith("ForMultipleChoice") else tokens(2, 6)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    elif "pixel_values" in params:
         size, channels = getattr(config, "image_size", 32), getattr(config, "num_channels", 3)
         size = size if isinstance(size, int) else size[0]
-        dtype = next(model.parameters()).dtype
-        return {"pixel_values": torch.rand(2, channels, size, size, generator=g).to(device, dtype)}
-    if "input_values" in params:  # raw audio: a tenth of a second at 16 kHz
-        return {"input_values": torch.randn(2, 1600, generator=g).to(device, next(model.parameters()).dtype)}
-    raise DoesNotFit("its forward takes none of input_ids / pixel_values / input_values, so no probe batch could "
-                     "check its structure")
+        batch = {"pixel_values": torch.rand(2, channels, size, size, generator=g).to(device, dtype)}
+    elif "input_values" in params:  # raw audio: a tenth of a second at 16 kHz
+        batch = {"input_values": torch.randn(2, 1600, generator=g).to(device, dtype)}
+    elif "input_features" in params and hasattr(config, "num_mel_bins"):  # Whisper: two frames per position
+        frames = 2 * getattr(config, "max_source_positions", 1500)
+        batch = {"input_features": torch.randn(2, config.num_mel_bins, frames, generator=g).to(device, dtype)}
+    else:
+        raise DoesNotFit("its forward takes none of input_ids / pixel_values / input_values / input_features, so "
+                         "no probe batch could check its structure")
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        batch["decoder_input_ids"] = tokens(2, 5)
+    return batch
 
 
 def _bias_table(first_layer: nn.Module) -> nn.Module | None:
