@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/continual_study.py    # writes docs/research_continual.json, prints a table
 
 Four sequences (permuted MNIST, split MNIST and split Fashion-MNIST class-incremental, rotated MNIST 0..90 degrees)
-× three methods (plain fine-tuning, EWC, a replay buffer) × three learners (backprop with the stock ``Trainer``, EP
-with the library's defaults, and a biased EP: positive nudging at β=0.5) × seeds. Every run is
+× three methods (plain fine-tuning, EWC, a replay buffer) × learners: backprop with the stock ``Trainer``, EP with the
+library's defaults, a biased EP (positive nudging at β=0.5), and backprop and EP with the ``sdmep`` optimizer preset
+(Dion's low-rank updates with error feedback) × seeds; each EP learner is compared with its backprop twin. Every run is
 ``examples/continual_learning.py``'s ``run_sequence`` at a budget that runs on this project's shared 2-core CPU (a
 small MLP, ``--max_train_samples`` rows per task, one epoch). EWC's λ is picked once per learner from ``--lambdas``
 on permuted MNIST's validation split with the first seed, then fixed for every sequence and seed. Finished runs are
@@ -37,14 +38,16 @@ SEQUENCES = {
     "split_fashion_mnist": dict(tasks="split_fashion_mnist", scenario="class"),
     "rotated_mnist": dict(tasks="rotated_mnist", num_tasks=5, max_angle=90.0),
 }
-# learner -> (ContinualArguments.method, EPTrainingArguments overrides)
+# learner -> (ContinualArguments.method, EPTrainingArguments overrides); sdmep: Dion with error feedback
 LEARNERS = {
     "backprop": ("backprop", {}),
     "ep": ("ep", {}),
     "ep_positive_0.5": ("ep", {"ep_nudging": "positive", "ep_beta": 0.5}),
+    "backprop_sdmep": ("backprop", {"mep_optimizer": "sdmep"}),
+    "ep_sdmep": ("ep", {"mep_optimizer": "sdmep"}),
 }
 METHODS = ("plain", "ewc", "replay")
-TWINS = ("ep", "ep_positive_0.5")  # compared with "backprop"
+TWINS = {"ep": "backprop", "ep_positive_0.5": "backprop", "ep_sdmep": "backprop_sdmep"}  # EP learner -> its twin
 
 
 @dataclass
@@ -101,30 +104,32 @@ def summarize(study: StudyArguments, runs: dict) -> dict:
             out[key][learner] = {m: {metric: spread([r["test"][metric] for r in seeds])
                                      for metric in ("average_accuracy", "average_forgetting")}
                                  for m, seeds in by_method.items()}
-        for twin in TWINS:
-            if twin not in by_learner or "backprop" not in by_learner:
+        for twin, reference in TWINS.items():
+            if twin not in by_learner or reference not in by_learner:
                 continue
             for m in METHODS:
-                ours, theirs = out[key][twin][m]["average_accuracy"], out[key]["backprop"][m]["average_accuracy"]
+                ours, theirs = out[key][twin][m]["average_accuracy"], out[key][reference][m]["average_accuracy"]
                 gaps = [a - b for a, b in zip(ours["per_seed"], theirs["per_seed"])]
                 seed_spread = max(ours["std"], theirs["std"])
                 out[key][twin][m]["gap_to_backprop"] = {
-                    "mean": float(np.mean(gaps)), "per_seed": gaps, "seed_spread": seed_spread,
+                    "twin": reference, "mean": float(np.mean(gaps)), "per_seed": gaps, "seed_spread": seed_spread,
                     "beats_backprop": bool(np.mean(gaps) > seed_spread)}
     return out
 
 
-def table(summary: dict) -> str:
-    """One row per sequence and method: each learner's test average accuracy / forgetting (mean ± std over seeds),
-    and each EP learner's mean paired gap to backprop in accuracy beside the larger of the two seed spreads."""
-    learners = list(next(iter(summary.values())))
-    head = " | ".join(f"{name}: accuracy / forgetting" + (" | − backprop (spread)" if name in TWINS else "")
+def table(summary: dict, learners: list[str]) -> str:
+    """One row per sequence and method: each of ``learners``'s test average accuracy / forgetting (mean ± std over
+    seeds), and each EP learner's mean paired gap to its backprop twin beside the larger of the two seed spreads."""
+    learners = [name for name in learners if name in next(iter(summary.values()))]
+    head = " | ".join(f"{name}: accuracy / forgetting" + (f" | − {TWINS[name]} (spread)" if name in TWINS else "")
                       for name in learners)
-    lines = [f"| sequence | method | {head} |", "|---|---|" + "---|" * (len(learners) + len(set(learners) & set(TWINS)))]
+    columns = len(learners) + len(set(learners) & set(TWINS))
+    lines = [f"| sequence | method | {head} |", "|---|---|" + "---|" * columns]
     for key, by_learner in summary.items():
         for m in METHODS:
             cells = []
-            for name, by_method in by_learner.items():
+            for name in learners:
+                by_method = by_learner[name]
                 acc, forg = by_method[m]["average_accuracy"], by_method[m]["average_forgetting"]
                 cells.append(f"{acc['mean']:.4f} ± {acc['std']:.4f} / {forg['mean']:.4f} ± {forg['std']:.4f}")
                 if name in TWINS:
@@ -146,10 +151,11 @@ def main(argv: list[str] | None = None) -> dict:
     picked = {learner: float(max(grid, key=lambda lam: grid[lam]["average_accuracy"]))
               for learner, grid in search.items()}
     method_kwargs = {"plain": lambda learner: {},
-                     "ewc": lambda learner: {"ewc_lambda": picked["backprop" if learner == "backprop" else "ep"]},
+                     "ewc": lambda learner: {"ewc_lambda": picked[LEARNERS[learner][0]]},
                      "replay": lambda learner: {"replay": study.replay_per_task}}
     runs = {key: {learner: {m: [] for m in METHODS} for learner in learners} for key in SEQUENCES}
-    for phase in (["backprop", "ep"], ["ep_positive_0.5"]):  # the twins first, whole seeds at a time
+    # the main twins first, then the others, whole seeds at a time (an interrupted study has whole seeds)
+    for phase in (["backprop", "ep"], ["ep_positive_0.5"], ["backprop_sdmep", "ep_sdmep"]):
         for seed in study.seeds:
             for learner in (name for name in phase if name in learners):
                 for key in SEQUENCES:
@@ -172,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"info": info, "summary": summary, "test_matrices": matrices}, indent=1) + "\n")
     print(f"EWC λ picked: {picked}")
-    print(table(summary))
+    for group in (["backprop", "ep", "ep_positive_0.5"], ["backprop_sdmep", "ep_sdmep"]):
+        print(table(summary, group))
     return summary
 
 

@@ -10,7 +10,7 @@ Each task gets its own ``EPTrainer`` (``Trainer`` with ``--method backprop``) on
 optimizer and schedule; one :class:`~mep_hf.EWCCallback` is shared by them and consolidated after each task
 (diagonal Fisher from the method's own per-example gradients on ``--fisher_samples`` training rows).
 ``--replay_per_task`` keeps that many rows of each finished task in a :class:`~mep_hf.data.ReplayBuffer` and mixes
-them into every later task's training set. Every
+them into every later task's training set; ``--mep_optimizer`` builds that preset for either method. Every
 ``TrainingArguments`` / ``EPTrainingArguments`` flag works; each task writes under ``--output_dir/task-<t>``.
 Writes ``--output_dir/continual_results.json``: the accuracy matrices (row: after task t, column: task j) on the
 validation and test splits, average accuracy and average forgetting.
@@ -30,6 +30,7 @@ from transformers import HfArgumentParser, Trainer, set_seed
 from mep_hf import EPMLPConfig, EPMLPForImageClassification, EPTrainer, EPTrainingArguments, EWCCallback, metrics
 from mep_hf import configure_threads
 from mep_hf.data import ReplayBuffer, TaskSequence, permuted_mnist, rotated_mnist, split_fashion_mnist, split_mnist
+from mep_hf.optim import build_optimizer
 
 METHODS = ("ep", "backprop")
 TASKS = ("permuted_mnist", "split_mnist", "split_fashion_mnist", "rotated_mnist")
@@ -112,8 +113,12 @@ def run_sequence(tasks: TaskSequence, cl: ContinualArguments, args: EPTrainingAr
     for t, task in enumerate(tasks):
         task_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / f"task-{t}"))
         train = _head(task["train"], cl.max_train_samples)
+        # --mep_optimizer (e.g. sdmep: Dion with error feedback) for either method, fresh per task
+        optimizer = (build_optimizer(args.mep_optimizer, model, lr=args.learning_rate, weight_decay=args.weight_decay)
+                     if args.mep_optimizer else None)
         trainer = trainer_class(model=model, args=task_args, train_dataset=replay.mix(train),
-                                compute_metrics=accuracy, callbacks=[ewc], **tasks.trainer_kwargs())
+                                compute_metrics=accuracy, callbacks=[ewc], optimizers=(optimizer, None),
+                                **tasks.trainer_kwargs())
         trainer.train()
         replay.add(train)
         if cl.ewc_lambda > 0 and t < len(tasks) - 1:
