@@ -4,10 +4,13 @@ each task.
     python examples/continual_learning.py --tasks permuted_mnist --num_tasks 5 --ewc_lambda 100
     python examples/continual_learning.py --tasks split_mnist --scenario task --ewc_lambda 1000
     python examples/continual_learning.py --method backprop --ewc_lambda 100     # the same with the plain Trainer
+    python examples/continual_learning.py --tasks rotated_mnist --max_angle 90 --replay_per_task 100
 
 Each task gets its own ``EPTrainer`` (``Trainer`` with ``--method backprop``) on the same model, with a fresh
 optimizer and schedule; one :class:`~mep_hf.EWCCallback` is shared by them and consolidated after each task
-(diagonal Fisher from the method's own per-example gradients on ``--fisher_samples`` training rows). Every
+(diagonal Fisher from the method's own per-example gradients on ``--fisher_samples`` training rows).
+``--replay_per_task`` keeps that many rows of each finished task in a :class:`~mep_hf.data.ReplayBuffer` and mixes
+them into every later task's training set; ``--mep_optimizer`` builds that preset for either method. Every
 ``TrainingArguments`` / ``EPTrainingArguments`` flag works; each task writes under ``--output_dir/task-<t>``.
 Writes ``--output_dir/continual_results.json``: the accuracy matrices (row: after task t, column: task j) on the
 validation and test splits, average accuracy and average forgetting.
@@ -26,10 +29,11 @@ from transformers import HfArgumentParser, Trainer, set_seed
 
 from mep_hf import EPMLPConfig, EPMLPForImageClassification, EPTrainer, EPTrainingArguments, EWCCallback, metrics
 from mep_hf import configure_threads
-from mep_hf.data import TaskSequence, permuted_mnist, split_mnist
+from mep_hf.data import ReplayBuffer, TaskSequence, permuted_mnist, rotated_mnist, split_fashion_mnist, split_mnist
+from mep_hf.optim import build_optimizer
 
 METHODS = ("ep", "backprop")
-TASKS = ("permuted_mnist", "split_mnist")
+TASKS = ("permuted_mnist", "split_mnist", "split_fashion_mnist", "rotated_mnist")
 
 DEFAULTS = dict(
     output_dir="runs/continual",
@@ -52,13 +56,15 @@ DEFAULTS = dict(
 @dataclass
 class ContinualArguments:
     tasks: str = field(default="permuted_mnist", metadata={"help": "Task sequence.", "choices": list(TASKS)})
-    num_tasks: int = field(default=5, metadata={"help": "permuted_mnist: number of tasks."})
+    num_tasks: int = field(default=5, metadata={"help": "permuted_mnist, rotated_mnist: number of tasks."})
+    max_angle: float = field(default=90.0, metadata={"help": "rotated_mnist: the last task's angle (degrees)."})
     permutation_seed: int = field(default=0, metadata={"help": "permuted_mnist: seed of the permutations."})
-    scenario: str = field(default="class", metadata={"help": "split_mnist: 'class' or 'task' incremental.",
+    scenario: str = field(default="class", metadata={"help": "split_*: 'class' or 'task' incremental.",
                                                      "choices": ["class", "task"]})
     method: str = field(default="ep", metadata={"help": "Gradients: 'ep' (EPTrainer) or 'backprop' (Trainer).",
                                                 "choices": list(METHODS)})
     ewc_lambda: float = field(default=0.0, metadata={"help": "EWC strength λ (0: plain fine-tuning)."})
+    replay_per_task: int = field(default=0, metadata={"help": "Replayed rows kept per finished task (0: none)."})
     fisher_samples: int = field(default=500, metadata={"help": "Training rows per task for the Fisher estimate."})
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256], metadata={"help": "MLP hidden widths."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Training rows per task (quick runs)."})
@@ -77,7 +83,9 @@ def accuracy(eval_pred) -> dict[str, float]:
 def load_tasks(cl: ContinualArguments) -> TaskSequence:
     if cl.tasks == "permuted_mnist":
         return permuted_mnist(cl.num_tasks, seed=cl.permutation_seed)
-    return split_mnist(cl.scenario)
+    if cl.tasks == "rotated_mnist":
+        return rotated_mnist(cl.num_tasks, max_angle=cl.max_angle)
+    return (split_fashion_mnist if cl.tasks == "split_fashion_mnist" else split_mnist)(cl.scenario)
 
 
 def _head(dataset, n: int | None):
@@ -99,13 +107,20 @@ def run_sequence(tasks: TaskSequence, cl: ContinualArguments, args: EPTrainingAr
     set_seed(args.seed)
     model = EPMLPForImageClassification(EPMLPConfig(input_size=784, hidden_sizes=cl.hidden_sizes, num_labels=10))
     ewc = EWCCallback(cl.ewc_lambda)
+    replay = ReplayBuffer(cl.replay_per_task, seed=args.seed)
     trainer_class = EPTrainer if cl.method == "ep" else Trainer
     matrices = {split: [] for split in splits}
     for t, task in enumerate(tasks):
         task_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / f"task-{t}"))
-        trainer = trainer_class(model=model, args=task_args, train_dataset=_head(task["train"], cl.max_train_samples),
-                                compute_metrics=accuracy, callbacks=[ewc], **tasks.trainer_kwargs())
+        train = _head(task["train"], cl.max_train_samples)
+        # --mep_optimizer (e.g. sdmep: Dion with error feedback) for either method, fresh per task
+        optimizer = (build_optimizer(args.mep_optimizer, model, lr=args.learning_rate, weight_decay=args.weight_decay)
+                     if args.mep_optimizer else None)
+        trainer = trainer_class(model=model, args=task_args, train_dataset=replay.mix(train),
+                                compute_metrics=accuracy, callbacks=[ewc], optimizers=(optimizer, None),
+                                **tasks.trainer_kwargs())
         trainer.train()
+        replay.add(train)
         if cl.ewc_lambda > 0 and t < len(tasks) - 1:
             ewc.consolidate(trainer, task["train"], num_samples=cl.fisher_samples, seed=args.seed + t)
         for split in splits:

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mep_hf.data import SPLIT_MNIST_CLASSES, load_mnist, permuted_mnist, split_mnist
+from mep_hf.data import (
+    SPLIT_MNIST_CLASSES,
+    ReplayBuffer,
+    load_mnist,
+    permuted_mnist,
+    rotated_mnist,
+    split_fashion_mnist,
+    split_mnist,
+)
 from mep_hf.data.continual import TaskLogitMask
 
 
@@ -77,3 +85,33 @@ def test_task_incremental_mask_compares_only_the_task_classes():
     assert torch.allclose(mask.loss({"logits": logits}, labels), expected * 4 / 6, rtol=1e-12)
     # Negative control: the unmasked 10-way loss is not that.
     assert not torch.allclose(F.cross_entropy(logits, labels, reduction="sum") / 4, expected, rtol=1e-3)
+
+
+def test_rotated_mnist_rotates_by_growing_angles(mnist):
+    tasks = rotated_mnist(3, max_angle=90)
+    original = mnist["test"][:4]["pixel_values"]
+    assert len(tasks) == 3 and tasks.task_classes is None
+    assert torch.equal(tasks[0]["test"][:4]["pixel_values"], original)  # angle 0: untouched
+    images = original.reshape(-1, 28, 28)
+    # 90 degrees is an exact quarter turn (counter-clockwise): the interior matches torch.rot90
+    quarter = tasks[2]["test"][:4]["pixel_values"].reshape(-1, 28, 28)
+    assert torch.allclose(quarter[:, 1:-1, 1:-1], torch.rot90(images, 1, (1, 2))[:, 1:-1, 1:-1], atol=1e-5)
+    half = tasks[1]["test"].select(range(4))[:]["pixel_values"]  # 45 degrees, kept through select
+    assert not torch.allclose(half, original, atol=0.1) and torch.equal(tasks[1]["test"][:4]["labels"],
+                                                                      mnist["test"][:4]["labels"])
+
+
+def test_split_fashion_mnist_has_two_classes_per_task():
+    tasks = split_fashion_mnist("class")
+    assert [np.unique(_labels(t["validation"])).tolist() for t in tasks] == [list(c) for c in SPLIT_MNIST_CLASSES]
+
+
+def test_replay_buffer_mixes_stored_rows_of_finished_tasks(mnist):
+    buffer = ReplayBuffer(per_task=3, seed=0)
+    first, second = mnist["validation"].select(range(10)), mnist["validation"].select(range(10, 20))
+    assert buffer.mix(first) is first  # nothing stored yet
+    buffer.add(first)
+    mixed = buffer.mix(second)
+    assert len(mixed) == 13
+    stored = torch.stack([mixed[i]["pixel_values"] for i in range(10, 13)])
+    assert all(any(torch.equal(row, old) for old in first[:]["pixel_values"]) for row in stored)

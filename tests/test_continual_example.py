@@ -22,11 +22,12 @@ def test_summary_definitions(example):
     assert summary["average_forgetting"] == pytest.approx(((0.9 - 0.6) + (0.95 - 0.85)) / 2)
 
 
-def test_continual_example_runs_ep_with_ewc(tmp_path, example, capsys):
+def test_continual_example_runs_ep_with_ewc_and_replay(tmp_path, example, capsys):
     out = tmp_path / "run"
     results = example.main([
         "--tasks", "split_mnist", "--scenario", "task", "--ewc_lambda", "100", "--max_train_samples", "64",
         "--max_eval_samples", "32", "--fisher_samples", "8", "--hidden_sizes", "16", "--output_dir", str(out),
+        "--replay_per_task", "4",
         "--per_device_train_batch_size", "32", "--logging_steps", "1", "--use_cpu", "--num_threads", "1",
     ])
     saved = json.loads((out / "continual_results.json").read_text())
@@ -59,3 +60,26 @@ def test_benchmark_results_have_the_issue_shape_and_match_the_report():
     for method in ("", "_ewc"):
         gap = permuted[f"ep{method}"]["average_accuracy"] - permuted[f"backprop{method}"]["average_accuracy"]
         assert abs(gap) <= 0.01
+
+
+def test_continual_study_results_are_consistent_with_research_md():
+    """``docs/research_continual.json`` (``benchmarks/continual_study.py``): every EP learner's gap to backprop is the
+    mean of its per-seed gaps, "beats" means that gap exceeds the seed spread, and docs/research.md shows the means."""
+    docs = EXAMPLES.parent / "docs"
+    study = json.loads((docs / "research_continual.json").read_text())
+    report = (docs / "research.md").read_text()
+    assert set(study["summary"]) == {"permuted_mnist", "split_mnist", "split_fashion_mnist", "rotated_mnist"}
+    for by_learner in study["summary"].values():
+        assert {"backprop", "ep"} <= set(by_learner)
+        for learner, by_method in by_learner.items():
+            assert set(by_method) == {"plain", "ewc", "replay"}
+            for result in by_method.values():
+                accuracy = result["average_accuracy"]
+                assert f"{accuracy['mean']:.4f} ± {accuracy['std']:.4f}" in report
+                gap = result.get("gap_to_backprop")
+                if learner.startswith("backprop"):  # the references
+                    assert gap is None
+                    continue
+                assert gap["twin"] in by_learner and gap["twin"].startswith("backprop")
+                assert gap["mean"] == pytest.approx(sum(gap["per_seed"]) / len(gap["per_seed"]))
+                assert gap["beats_backprop"] == (gap["mean"] > gap["seed_spread"])

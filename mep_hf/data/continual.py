@@ -10,7 +10,14 @@
   ``compute_loss_func`` and a ``preprocess_logits_for_metrics`` that mask the other logits. ``EPTrainer`` nudges with
   ``Trainer.compute_loss``, so EP trains on the same masked loss.
 
-Splits are :func:`~mep_hf.data.load_mnist`'s (train 50000 / validation 10000 / test 10000).
+* :func:`split_fashion_mnist` -- the same five two-class split on Fashion-MNIST (classes 0/1, ..., 8/9).
+* :func:`rotated_mnist` -- gradual domain shift: every task is all of MNIST rotated by an angle that grows task by
+  task (``linspace(0, max_angle, num_tasks)`` degrees, bilinear, applied lazily like the permutations).
+* :class:`ReplayBuffer` -- experience replay as dataset mixing: a few stored rows of every finished task join the
+  next task's training set, so the stock ``Trainer`` (and ``EPTrainer``) sample them in one shuffled stream.
+
+Splits are :func:`~mep_hf.data.load_mnist`'s / :func:`~mep_hf.data.load_fashion_mnist`'s
+(train 50000 / validation 10000 / test 10000).
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ import torch.nn.functional as F
 
 import datasets
 
+from .fashion_mnist import load_fashion_mnist
 from .mnist import IMAGE_SIZE, load_mnist
 
-__all__ = ["TaskSequence", "permuted_mnist", "split_mnist", "SPLIT_MNIST_CLASSES", "SCENARIOS"]
+__all__ = ["TaskSequence", "ReplayBuffer", "permuted_mnist", "rotated_mnist", "split_mnist", "split_fashion_mnist",
+           "SPLIT_MNIST_CLASSES", "SCENARIOS"]
 
 SPLIT_MNIST_CLASSES = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 SCENARIOS = ("class", "task")
@@ -90,14 +99,32 @@ class TaskLogitMask:
         return F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
 
 
-def _permute(permutation: np.ndarray):
-    index = torch.from_numpy(permutation)
+def _pixel_transform(change):
+    """A ``with_transform`` function that applies ``change`` to a batch's (n, 784) float32 pixels."""
 
     def transform(batch: dict) -> dict:
         pixels = torch.as_tensor(np.asarray(batch["pixel_values"], dtype=np.float32))
-        return {"pixel_values": pixels[:, index], "labels": torch.as_tensor(batch["labels"])}
+        return {"pixel_values": change(pixels), "labels": torch.as_tensor(batch["labels"])}
 
     return transform
+
+
+def _permute(permutation: np.ndarray):
+    index = torch.from_numpy(permutation)
+    return _pixel_transform(lambda pixels: pixels[:, index])
+
+
+def rotate_images(pixels: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate flat 28x28 images counter-clockwise about their centre (bilinear, zero background)."""
+    if degrees == 0:
+        return pixels
+    side = int(IMAGE_SIZE ** 0.5)
+    angle = torch.tensor(np.deg2rad(degrees), dtype=pixels.dtype)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(())]), torch.stack([sin, cos, torch.zeros(())])])
+    images = pixels.reshape(-1, 1, side, side)
+    grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False).reshape(-1, IMAGE_SIZE)
 
 
 def permuted_mnist(num_tasks: int = 5, seed: int = 0, source=None, cache_dir=None) -> TaskSequence:
@@ -114,13 +141,50 @@ def permuted_mnist(num_tasks: int = 5, seed: int = 0, source=None, cache_dir=Non
     return TaskSequence(f"permuted_mnist_{num_tasks}", tasks)
 
 
+def rotated_mnist(num_tasks: int = 5, max_angle: float = 90.0, source=None, cache_dir=None) -> TaskSequence:
+    """``num_tasks`` MNIST tasks rotated by ``linspace(0, max_angle, num_tasks)`` degrees: a gradual shift."""
+    if not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
+    mnist = load_mnist(source, cache_dir=cache_dir)
+    angles = np.linspace(0.0, max_angle, num_tasks)
+    tasks = [mnist.with_transform(_pixel_transform(lambda p, a=float(a): rotate_images(p, a))) for a in angles]
+    return TaskSequence(f"rotated_mnist_{num_tasks}x{max_angle:g}", tasks)
+
+
+def _split(name: str, dataset: datasets.DatasetDict, scenario: str) -> TaskSequence:
+    tasks = [
+        dataset.filter(lambda labels, keep=classes: np.isin(labels, keep), input_columns="labels", batched=True)
+        for classes in SPLIT_MNIST_CLASSES
+    ]
+    return TaskSequence(f"{name}_{scenario}", tasks, SPLIT_MNIST_CLASSES if scenario == "task" else None)
+
+
 def split_mnist(scenario: str = "class", source=None, cache_dir=None) -> TaskSequence:
     """Five two-class MNIST tasks (digits 0/1, 2/3, ..., 8/9), class- or task-incremental."""
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-    mnist = load_mnist(source, cache_dir=cache_dir)
-    tasks = [
-        mnist.filter(lambda labels, keep=classes: np.isin(labels, keep), input_columns="labels", batched=True)
-        for classes in SPLIT_MNIST_CLASSES
-    ]
-    return TaskSequence(f"split_mnist_{scenario}", tasks, SPLIT_MNIST_CLASSES if scenario == "task" else None)
+    return _split("split_mnist", load_mnist(source, cache_dir=cache_dir), scenario)
+
+
+def split_fashion_mnist(scenario: str = "class", source=None, cache_dir=None) -> TaskSequence:
+    """Five two-class Fashion-MNIST tasks (classes 0/1, ..., 8/9), class- or task-incremental."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+    return _split("split_fashion_mnist", load_fashion_mnist(source, cache_dir=cache_dir), scenario)
+
+
+class ReplayBuffer:
+    """Experience replay for the stock Trainer, as dataset mixing: :meth:`add` keeps ``per_task`` random rows of a
+    finished task; :meth:`mix` returns the next task's training set with every stored row appended (a
+    ``torch.utils.data.ConcatDataset``, which Trainer's shuffling sampler draws from like any dataset)."""
+
+    def __init__(self, per_task: int, seed: int = 0):
+        self.per_task, self.seed, self.stored = per_task, seed, []
+
+    def add(self, dataset) -> None:
+        n = min(self.per_task, len(dataset))
+        if n > 0:
+            self.stored.append(dataset.shuffle(seed=self.seed + len(self.stored)).select(range(n)))
+
+    def mix(self, dataset):
+        return torch.utils.data.ConcatDataset([dataset, *self.stored]) if self.stored else dataset
