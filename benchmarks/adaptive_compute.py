@@ -10,13 +10,12 @@ falls below a tolerance, predicting from the state it has then. Measured on the 
 * an early-exit curve: accuracy against mean steps spent, per tolerance, beside the fixed-step baseline (every
   example stopped after ``t`` steps).
 
-    python benchmarks/adaptive_compute.py            # writes docs/research_adaptive.json
+    python benchmarks/adaptive_compute.py            # writes docs/research.json's adaptive_compute
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from transformers import AutoModelForImageClassification  # noqa: E402
 import mep_hf  # noqa: E402, F401  (registers the EP classes)
 from mep_hf.data import load_mnist  # noqa: E402
 from mep_hf.energies.hopfield import _first_block, dynamics_step, initial_states  # noqa: E402
+from research_record import record  # noqa: E402
 
 TOLERANCES = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 
@@ -64,7 +64,6 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "model_zoo" / "mnist_hopfield_pmlp"))
     parser.add_argument("--steps", type=int, default=100, help="settling steps tracked (the model's own: 30)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "research_adaptive.json"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = AutoModelForImageClassification.from_pretrained(args.model).eval()
@@ -97,7 +96,7 @@ def main(argv=None) -> None:
     result = {"model": Path(args.model).name, "examples": len(labels), "model_free_steps": model.config.free_steps,
               "fixed": fixed, "adaptive": adaptive,
               "command": "python benchmarks/adaptive_compute.py"}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    record("adaptive_compute", result)
     print("| tolerance | mean steps | max | accuracy | fixed-step accuracy at that mean | Spearman(steps, margin) | "
           "steps right / wrong |\n|---|---|---|---|---|---|---|")
     for a in adaptive:

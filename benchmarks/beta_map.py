@@ -10,13 +10,12 @@ Two measurements, each over β × nudging scheme (positive, centered, random_sig
   300 steps on MNIST in float32, and the Hopfield P-MLP (784-256-10, MSE) for 100; test accuracy on 2,000 images;
   backprop (BPTT for the P-MLP) on the same budget as the reference.
 
-    python benchmarks/beta_map.py            # writes docs/research_beta_map.json
+    python benchmarks/beta_map.py            # writes docs/research.json's beta_map
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from mep_hf.energies.hopfield import HopfieldSettings  # noqa: E402
 from mep_hf.energies.layered import Contrast, SettleConfig, free_phase, nudged_phases  # noqa: E402
 from mep_hf.equilibrium import SettlingDivergedError  # noqa: E402
 from tests.adapter_models import tiny_batch, tiny_model  # noqa: E402
+from research_record import record  # noqa: E402
 from tests.hopfield_reference import implicit_gradient  # noqa: E402
 
 BETAS = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -151,7 +151,6 @@ def train_map(mnist, steps: int, model_of, betas, lr: float) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "research_beta_map.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     mnist = load_mnist()
@@ -159,7 +158,7 @@ def main(argv=None) -> None:
               "train": train_map(mnist, args.steps, layered_mlp, BETAS[1:], 1e-3)
               + train_map(mnist, args.steps // 3, hopfield_pmlp, (0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), 1e-3),
               "command": "python benchmarks/beta_map.py"}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    record("beta_map", result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Continual-learning study for issue 31, question 1: is continual learning EP's niche?
 
-    OMP_NUM_THREADS=1 python benchmarks/continual_study.py    # writes docs/research_continual.json, prints a table
+    OMP_NUM_THREADS=1 python benchmarks/continual_study.py    # writes docs/research.json's continual, prints a table
 
 Four sequences (permuted MNIST, split MNIST and split Fashion-MNIST class-incremental, rotated MNIST 0..90 degrees)
 × three methods (plain fine-tuning, EWC, a replay buffer) × learners: backprop with the stock ``Trainer``, EP with the
@@ -31,6 +31,7 @@ from continual_learning import DEFAULTS, ContinualArguments, load_tasks, run_seq
 from run_utils import command_line, cpu_model  # noqa: E402
 
 from mep_hf import EPTrainingArguments, configure_threads  # noqa: E402
+from research_record import record  # noqa: E402
 
 SEQUENCES = {
     "permuted_mnist": dict(tasks="permuted_mnist", num_tasks=5),
@@ -52,7 +53,6 @@ TWINS = {"ep": "backprop", "ep_positive_0.5": "backprop", "ep_sdmep": "backprop_
 
 @dataclass
 class StudyArguments:
-    output: str = field(default="docs/research_continual.json", metadata={"help": "The study's JSON."})
     work_dir: str = field(default="runs/continual_study", metadata={"help": "Per-run results (resumable)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds."})
     lambdas: list[float] = field(default_factory=lambda: [10.0, 100.0, 1000.0, 10000.0],
@@ -174,9 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             "learners": {name: dict(overrides, method=method) for name, (method, overrides) in LEARNERS.items()}}
     matrices = {key: {learner: {m: [r["test"]["matrix"] for r in seeds] for m, seeds in by_method.items()}
                       for learner, by_method in by_learner.items()} for key, by_learner in runs.items()}
-    out = Path(study.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"info": info, "summary": summary, "test_matrices": matrices}, indent=1) + "\n")
+    record("continual", {"info": info, "summary": summary, "test_matrices": matrices})
     print(f"EWC λ picked: {picked}")
     for group in (["backprop", "ep", "ep_positive_0.5"], ["backprop_sdmep", "ep_sdmep"]):
         print(table(summary, group))

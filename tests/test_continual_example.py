@@ -63,10 +63,10 @@ def test_benchmark_results_have_the_issue_shape_and_match_the_report():
 
 
 def test_continual_study_results_are_consistent_with_research_md():
-    """``docs/research_continual.json`` (``benchmarks/continual_study.py``): every EP learner's gap to backprop is the
+    """``docs/research.json``'s ``continual`` (``benchmarks/continual_study.py``): every EP learner's gap to backprop is the
     mean of its per-seed gaps, "beats" means that gap exceeds the seed spread, and docs/research.md shows the means."""
     docs = EXAMPLES.parent / "docs"
-    study = json.loads((docs / "research_continual.json").read_text())
+    study = json.loads((docs / "research.json").read_text())["continual"]
     report = (docs / "research.md").read_text()
     assert set(study["summary"]) == {"permuted_mnist", "split_mnist", "split_fashion_mnist", "rotated_mnist"}
     for by_learner in study["summary"].values():
