@@ -49,18 +49,18 @@ def ep_loss(model: nn.Module, inputs: Mapping[str, Any], loss_fn: Callable | Non
     backpropagate itself; see :func:`ep_backward` for the arguments. ``grad_scale``: the loss scale the caller's
     backward applies (an fp16 ``GradScaler``'s), so that half-precision layer gradients are formed at that scale.
     """
-    unwrapped, energy, settings = prepare(model, **ep_settings)
+    unwrapped, energy, settings, config = prepare(model, **ep_settings)
     loss = None if loss_fn is None else output_loss(loss_fn, inputs)
-    return ep_step(model, unwrapped, dict(inputs), energy, settings, loss, grad_scale=grad_scale)[0]
+    return ep_step(model, unwrapped, dict(inputs), energy, settings, config, loss, grad_scale=grad_scale)[0]
 
 
-def prepare(model: nn.Module, **ep_settings) -> tuple[nn.Module, EnergyFamily, Any]:
-    """``(the EP model inside model's wrappers, adapted; its energy family; the checked step settings)``."""
+def prepare(model: nn.Module, **ep_settings) -> tuple[nn.Module, EnergyFamily, Any, Any]:
+    """``(the EP model inside model's wrappers, adapted; its energy family; the checked step settings; the family's
+    settings of them)``: a flag only another family reads is refused here."""
     settings = step_settings(**ep_settings)
     unwrapped = prepare_ep_model(extract_model_from_parallel(model))
     energy = resolve_energy(settings.ep_energy, unwrapped)
-    energy_settings(energy, settings)  # refuses a flag only another family reads
-    return unwrapped, energy, settings
+    return unwrapped, energy, settings, energy_settings(energy, settings)
 
 
 def output_loss(loss_fn: Callable, inputs: Mapping[str, Any]) -> NudgeLoss:
@@ -74,17 +74,17 @@ def output_loss(loss_fn: Callable, inputs: Mapping[str, Any]) -> NudgeLoss:
     return nudge_loss
 
 
-def ep_step(model: nn.Module, unwrapped: nn.Module, inputs: dict, energy: EnergyFamily, settings,
+def ep_step(model: nn.Module, unwrapped: nn.Module, inputs: dict, energy: EnergyFamily, settings, config,
             loss: NudgeLoss | None = None, grad_scale: float = 1.0,
             on_free_loss: Callable[[float], None] | None = None) -> tuple[Tensor, dict[str, float]]:
     """Settle, nudge, contrast: ``(L(s_free) + C − C.detach(), the energy's diagnostics)``.
 
     ``model`` is what the contrast runs through (the DDP/FSDP wrapper, if any), ``unwrapped`` the EP model inside;
-    ``settings`` checked step settings (``EPTrainingArguments`` or :func:`~mep_hf.training_args.step_settings`);
+    ``settings`` checked step settings (``EPTrainingArguments`` or :func:`~mep_hf.training_args.step_settings`), and
+    ``config`` the family's settings of them (:func:`~mep_hf.energies.energy_settings`, built once per run);
     ``loss`` the loss EP nudges with (default: the stack's own); ``on_free_loss`` sees the free-state loss before
     any nudged phase settles (EPTrainer's divergence guard).
     """
-    config = energy_settings(energy, settings)
     ready_for_ep(unwrapped)  # FSDP2: made its root before settling runs a sharded layer (mep_hf.distributed)
     with _energy_mode(unwrapped):
         stack: BlockStack = unwrapped.ep_stack(**inputs)

@@ -110,7 +110,7 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
         _check_label_columns(train_dataset, self.label_names)
         # The energy family the model declares (mep_hf.energies); an explicit args.ep_energy must agree.
         self._energy = resolve_energy(self.args.ep_energy, self.model)
-        energy_settings(self._energy, self.args)  # refuses, before any step, a flag only another family reads
+        self._settings = energy_settings(self._energy, self.args)  # refuses a flag only another family reads
         if self.args.n_gpu > 1:
             raise ValueError("EPTrainer does not support nn.DataParallel; launch one process per GPU (accelerate/torchrun)")
         if self.args.fsdp and not self.is_fsdp_enabled:  # accelerate drops FSDP off accelerators: DDP, unsharded
@@ -210,8 +210,8 @@ class EPTrainer(EPModelCardMixin, EPRemoteCodeMixin, AtomicCheckpointMixin, Trai
             return (loss, None) if return_outputs else loss
         self._free_loss = None
         try:
-            loss, diagnostics = ep_step(model, unwrapped, inputs, self._energy, self.args, trainer_loss,
-                                        self._loss_scale(), on_free_loss=self._guard_against_divergence)
+            loss, diagnostics = ep_step(model, unwrapped, inputs, self._energy, self.args, self._settings,
+                                        trainer_loss, self._loss_scale(), on_free_loss=self._guard_against_divergence)
         except SettlingDivergedError as err:
             free_loss = self._free_loss
             if free_loss is not None and self._loss_guard.has_risen(free_loss):

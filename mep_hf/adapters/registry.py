@@ -156,17 +156,12 @@ def prepare_ep_model(model: nn.Module) -> nn.Module:
     target = _peft_base(model)
     config = getattr(target, "config", None)
     model_type = getattr(config, "model_type", None)
-    name = type(target).__name__
     row = MODEL_TYPES.get(model_type)
     found = None if row is None else _head_for(target, model_type, row)
     if found is None:
         return _adapt_by_structure(model, target, model_type, row)
     head, stock = found
-    if type(target).forward is not stock.forward:
-        raise unsupported(
-            target, f"it overrides {stock.__name__}.forward, so EP cannot know the loss it computes; adapt the stock "
-            f"class, or give {name} its own `ep_stack`"
-        )
+    _refuse_overridden_forward(target, stock)
     missing = head.missing(target)
     if missing:
         raise unsupported(target, f"its {head.task} head lacks {missing} (the {model_type} EP head reads them)")
@@ -202,31 +197,33 @@ def _adapt_by_structure(model: nn.Module, target: nn.Module, model_type: str | N
     name = type(target).__name__
     stock = next((c for c in type(target).__mro__ if c.__module__.startswith("transformers.models.")), None)
     if stock is None:
-        raise TypeError(
-            f"{name} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method and is no transformers "
-            f"model (model_type={model_type!r}). EP adapters exist for: {_supported_text()}, and for transformers models whose layers run from "
-            "one layer list. Use an EP model from mep_hf.models, or add a model type / family "
-            "(docs/adding_a_family.md)."
-        )
-    if type(target).forward is not stock.forward:
-        raise unsupported(target, f"it overrides {stock.__name__}.forward, so EP cannot know the loss it computes")
+        raise TypeError(f"{name} cannot be split into EP blocks: it has no `ep_stack(**inputs)` method and is no "
+                        f"transformers model (model_type={model_type!r}). {_what_is_supported()}")
+    _refuse_overridden_forward(target, stock)
     _refuse_checkpointing(target)
     covered = "" if row is None else f" (the {model_type} row covers {', '.join(supported_classes(model_type))})"
     try:
         structure = trace_structure(target)
     except DoesNotFit as err:
-        raise TypeError(
-            f"{name} cannot be split into EP blocks: no adapter row fits model_type={model_type!r}{covered}, and "
-            f"the structural adapter does not fit: {err}. EP adapters exist for: {_supported_text()}, and for "
-            "models whose layers run from one layer list. Use an EP model from mep_hf.models, or add a model type "
-            "/ family (docs/adding_a_family.md)."
-        ) from None
+        raise TypeError(f"{name} cannot be split into EP blocks: no adapter row fits model_type={model_type!r}"
+                        f"{covered}, and the structural adapter does not fit: {err}. {_what_is_supported()}") from None
 
     def ep_stack(self, *args, **kwargs):
         return structure.ep_stack(self, args, kwargs)
 
     attach_ep(target, ep_stack)
     return model
+
+
+def _refuse_overridden_forward(model: nn.Module, stock: type) -> None:
+    if type(model).forward is not stock.forward:
+        raise unsupported(model, f"it overrides {stock.__name__}.forward, so EP cannot know the loss it computes; "
+                                 f"adapt the stock class, or give {type(model).__name__} its own `ep_stack`")
+
+
+def _what_is_supported() -> str:
+    return (f"EP adapters exist for: {_supported_text()}, and for transformers models whose layers run from one "
+            "layer list. Use an EP model from mep_hf.models, or add a model type / family (docs/adding_a_family.md).")
 
 
 def _refuse_checkpointing(model: nn.Module) -> None:

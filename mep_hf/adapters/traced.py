@@ -277,7 +277,7 @@ class TracedStructure:
         hidden = args[0] if args else kwargs["hidden_states"]
         if not self.carries[index]:
             return hidden
-        return torch.cat([hidden, _bound(self.signatures[index], args, kwargs).arguments["encoder_hidden_states"]], 1)
+        return torch.cat([hidden, self.signatures[index].bind(*args, **kwargs).arguments["encoder_hidden_states"]], 1)
 
     def ep_stack(self, model: nn.Module, args: tuple, kwargs: dict, need_labels: bool = True) -> BlockStack:
         kw = bind_inputs(model, args, kwargs)
@@ -329,7 +329,7 @@ class TracedStructure:
                     s, given["encoder_hidden_states"] = s[:, :split[index]], s[:, split[index]:]
                 if bias_from is not None:  # recomputed from the first layer's table: its gradient flows here too
                     given["position_bias"] = bias_from.compute_bias(s.shape[1], s.shape[1], device=s.device)
-                bound = _bound(self.signatures[index], call_args, call_kwargs)
+                bound = self.signatures[index].bind(*call_args, **call_kwargs)
                 bound.arguments.update(given)
                 bound.arguments[next(iter(bound.signature.parameters))] = s
                 routing = self.routing.once(index) if self.routing is not None else contextlib.nullcontext()
@@ -359,11 +359,6 @@ class TracedStructure:
         blocks.append(between(n - 1, None))
         blocks = shared_mask_blocks(blocks, step_seeds(model, len(blocks), replaying(model)), x.device)
         return BlockStack(x, blocks, loss=lambda s: output(s)["loss"], output=output)
-
-
-def _bound(signature: inspect.Signature, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-    """A layer call's arguments by name (decoder layers get ``encoder_hidden_states`` by position)."""
-    return signature.bind(*args, **kwargs)
 
 
 def _decoder_inputs(model: nn.Module, labels: Tensor | None) -> Tensor:
@@ -503,7 +498,7 @@ def trace_structure(model: nn.Module) -> TracedStructure:
     for layer, args, kwargs in calls:
         if any(isinstance(v, Cache) for v in [*args, *kwargs.values()]):
             raise DoesNotFit("its forward hands its layers a key/value cache even with use_cache=False")
-        bound = _bound(inspect.signature(layer.forward), args, kwargs).arguments
+        bound = inspect.signature(layer.forward).bind(*args, **kwargs).arguments
         hidden = next(iter(bound))
         carries.append(len(paths) > 1 and bound.get("encoder_hidden_states") is not None)
         first = next(ls[0] for ls in lists.values() if layer in ls)

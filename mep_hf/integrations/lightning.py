@@ -58,10 +58,10 @@ class EPMixin:
         ``loss_fn(output, batch)`` nudges with a loss of the model output (default: the model's own loss). The
         settling diagnostics (``ep_energy``, ``ep_beta``, ...) are logged with ``self.log``."""
         model = self._ep_model()
-        unwrapped, energy, settings = prepare(model, **self.ep_settings)
+        unwrapped, energy, settings, config = prepare(model, **self.ep_settings)
         loss = None if loss_fn is None else output_loss(loss_fn, batch)
-        value, diagnostics = ep_step(model, unwrapped, dict(batch), energy, settings, loss, self._ep_grad_scale(),
-                                     on_free_loss=self._ep_guard)
+        value, diagnostics = ep_step(model, unwrapped, dict(batch), energy, settings, config, loss,
+                                     self._ep_grad_scale(), on_free_loss=self._ep_guard)
         self.log_dict(diagnostics, on_step=True, on_epoch=False)
         return value
 
