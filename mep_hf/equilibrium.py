@@ -167,6 +167,47 @@ class AutogradBlock:
         """The parameters the block's graph reaches."""
         return [t for t in _graph_leaves([self.output.grad_fn]) if t is not self.input]
 
+    def vjp_and_parameter_grads(self, error: list[Tensor], scale: float, input_grad: bool) -> tuple[Tensor | None, list]:
+        """Both products from one backward of the graph (a sweep that is also the contrast, ``memory="low"``), the
+        VJP ``None`` without ``input_grad`` (or an input that needs none); the linearization's last use. ``error``: a one-element list the call empties, so that the
+        backward owns the error and frees it once the block's last op has used it, as backprop's backward frees a
+        layer's output gradient. float16 keeps two backwards: its parameter product runs at the loss scale
+        (:func:`parameter_grads`), the VJP at none."""
+        leaves, input_grad = self.leaves(), input_grad and self.input.requires_grad
+        if not input_grad or not leaves or self.output.dtype == torch.float16:
+            e = error.pop()
+            return (self.vjp(e) if input_grad else None), self.parameter_grads(e, scale)
+        error.append(error.pop().to(self.output.dtype))
+        root, self.output = _HandOver.apply(self.output, error), None  # nor is the output kept through the backward
+        g, *grads = torch.autograd.grad(root, [self.input, *leaves], allow_unused=True)
+        return g, [(p, g_p if g_p is None else g_p.mul_(scale)) for p, g_p in zip(leaves, grads)]
+
+
+class _HandOver(torch.autograd.Function):
+    """A scalar root over ``output`` whose backward hands the tensor in ``holder`` down as ``output``'s gradient:
+    the engine then holds its only reference (``autograd.grad``'s ``grad_outputs`` stay referenced by the caller
+    until the whole backward ends)."""
+
+    @staticmethod
+    def forward(ctx, output: Tensor, holder: list[Tensor]) -> Tensor:
+        ctx.holder = holder
+        return output.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.holder.pop(), None
+
+
+def vjp_and_parameter_grads(block: BlockLinearization, error: list[Tensor], scale: float,
+                            input_grad: bool) -> tuple[Tensor | None, list[tuple[Tensor, Tensor]]]:
+    """``(J_f(s)ᵀ e or None, scale · J_θ f(s)ᵀ e)`` for ``error = [e]`` (emptied): in one backward where the block
+    offers it (autograd's), else the closed form's two products."""
+    fused = getattr(block, "vjp_and_parameter_grads", None)
+    if fused is not None:
+        return fused(error, scale, input_grad)
+    e = error.pop()
+    return (block.vjp(e) if input_grad else None), block.parameter_grads(e, scale)
+
 
 def closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> BlockLinearization | None:
     """The block's own analytic linearization at ``state`` (``block.ep_linearize``), where it offers one. Not for
@@ -269,4 +310,5 @@ __all__ = [
     "nudging_betas",
     "parameter_grads",
     "register_nudging",
+    "vjp_and_parameter_grads",
 ]

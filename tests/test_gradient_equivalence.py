@@ -183,3 +183,59 @@ def test_bounds_fail_for_one_sided_nudging_and_unsettled_phases():
         print(f"{kwargs}: max relative error {max(rel):.3g}")
         with pytest.raises(AssertionError):
             assert_match(cos, rel)
+
+
+def _deep_tanh_model():
+    torch.manual_seed(0)
+    model = EPMLPForImageClassification(
+        EPMLPConfig(input_size=50, hidden_sizes=[64, 48, 32], activation="tanh", num_labels=7)
+    ).double()
+    return model, {"pixel_values": torch.rand(12, 50, dtype=torch.float64), "labels": torch.randint(0, 7, (12,))}
+
+
+def _step_grad(model, batch, **ep) -> torch.Tensor:
+    from mep_hf import ep_backward
+
+    model.zero_grad(set_to_none=True)
+    ep_backward(model, batch, **ep)
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_low_memory_step_at_one_sweep_is_the_beta_to_zero_limit():
+    """ep_memory="low" fuses the last sweep with the contrast (``SweepContrast``): with one sweep the contrast is
+    taken at the free state, where every phase's errors are β_k times one unit sweep, so the update is EP's β → 0
+    limit at any β and nudging: backprop's gradient to float64 rounding. Negative control: the placed contrast
+    (``ep_memory="fast"``) at the same β = 0.5 is off by O(β)."""
+    model, batch = _deep_tanh_model()
+    bp = torch.cat([g.flatten() for g in torch.autograd.grad(model(**batch).loss, list(model.parameters()))])
+    for beta, nudging in ((None, None), (1e-4, "centered"), (0.5, "positive"), (0.5, "random_sign")):
+        rel = _rel(_step_grad(model, batch, ep_memory="low", ep_beta=beta, ep_nudging=nudging), bp)
+        print(f"low, β={beta}, {nudging}: {rel:.2e}")
+        assert rel <= 1e-12, (beta, nudging, rel)
+    placed = _rel(_step_grad(model, batch, ep_memory="fast", ep_beta=0.5, ep_nudging="positive"), bp)
+    print(f"fast, β=0.5, positive: {placed:.2e}")
+    assert placed >= 1e-2
+
+
+def test_low_memory_fused_contrast_at_a_settled_phase_is_the_placed_one():
+    """With several sweeps the fused contrast is taken at the states the last sweep linearized (the previous
+    iterate of settling) instead of those its errors place: the same states once the phase has settled. 40 sweeps:
+    fused = the placed contrast of the same low-memory phases to float64's settling floor; the control, after 2
+    sweeps (not settled), differs from it."""
+    model, batch = _deep_tanh_model()
+    params = list(model.parameters())
+
+    def placed(steps):
+        stack = model.ep_stack(**batch)
+        phases = nudged_phases(stack, free_phase(stack, "low"), 0.05, "centered", SettleConfig(steps=steps, memory="low"))
+        return torch.cat([g.flatten() for g in torch.autograd.grad(model(**batch, ep_contrast=Contrast(phases)), params)])
+
+    gaps = {steps: _rel(_step_grad(model, batch, ep_memory="low", ep_beta=0.05, ep_nudging="centered",
+                                   ep_settle_steps=steps), placed(steps)) for steps in (2, 40)}
+    print({k: f"{v:.2e}" for k, v in gaps.items()})
+    assert gaps[40] <= 1e-9, gaps
+    assert gaps[2] >= 1e3 * gaps[40], gaps

@@ -17,7 +17,8 @@ size ``B``) and prediction errors ``e_l = s_l − f_l(s_{l−1})``::
   parameters gets a state and an error of its own (:mod:`mep_hf.energies.inner_states`), and the block's output is
   a function of them. The sweep reads their errors off the block's backward; the contrast then needs each module
   alone at its nudged input (a linear layer's one product ``eᵀx``) instead of a backward of the whole block.
-  ``memory="low"`` keeps block states only, re-running each block when its VJP is needed.
+  ``memory="low"`` keeps block states only, re-running each block when its VJP is needed, and fuses the last sweep
+  with the contrast (:class:`SweepContrast`).
 * Contrast: ``ΔL(θ) = Σ_k w_k E(s^{β_k})`` with the nudging scheme's finite-difference weights
   (:func:`~mep_hf.equilibrium.contrast_weights`; at the free state ``E`` and ``∂E/∂θ`` vanish, so its term drops).
   States are constants there, so ``∇θ ΔL`` is layer-local (θ_l sees only ``s_{l−1}`` and ``e_l``) and tends to
@@ -43,10 +44,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..block_stack import BlockStack
 from ..equilibrium import (
@@ -59,6 +61,7 @@ from ..equilibrium import (
     contrast_weights,
     energy_diverged,
     nudging_betas,
+    vjp_and_parameter_grads,
 )
 from . import register_energy
 from .inner_states import FreeRun, InnerErrors, ModuleCalls, place_and_contrast
@@ -158,9 +161,18 @@ def linearize_block(block, state: Tensor, feed_dtype: torch.dtype | None, input_
     return (AutogradBlock if parameters else SweepOnlyBlock)(block, state, feed_dtype, input_grad)
 
 
+class CheckpointedBlock(AutogradBlock):
+    """The free pass's block in ``memory="low"``: its graph under activation checkpointing
+    (``torch.utils.checkpoint``), which keeps the block's input and output (the states) and no activation. Each
+    backward re-runs the block, stopping at the last activation it needs, so the output is never made twice."""
+
+    def run(self, block, x: Tensor) -> Tensor:
+        return checkpoint(block, x, use_reentrant=False)
+
+
 class RecomputedBlock:
-    """A block run at its state without keeping anything of the run (``memory="low"``): each product re-runs the
-    block at the state, as activation checkpointing does, so a phase holds its states and no graph.
+    """A placed block of ``memory="low"`` without anything of its run kept: each product re-runs the block at the
+    state, so a phase holds its states and no graph.
 
     :func:`linearize` drops ``output`` once a nudged state is placed from it (a second copy of the state).
     """
@@ -175,6 +187,10 @@ class RecomputedBlock:
 
     def parameter_grads(self, e: Tensor, scale: float) -> list[tuple[Tensor, Tensor]]:
         return linearize_block(self.block, self.state, self.feed_dtype, input_grad=False).parameter_grads(e, scale)
+
+    def vjp_and_parameter_grads(self, error: list[Tensor], scale: float, input_grad: bool) -> tuple[Tensor, list]:
+        block = linearize_block(self.block, self.state, self.feed_dtype, input_grad=input_grad)
+        return vjp_and_parameter_grads(block, error, scale, input_grad)
 
 
 @dataclass
@@ -215,14 +231,17 @@ def linearize(
 
     With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
     ``memory="fast"`` gives blocks after the first inner states (:class:`InnerStatesBlock`) unless ``states`` are
-    given (gradient settling works on block states). ``memory="low"`` keeps the states only
-    (:class:`RecomputedBlock`): the VJPs re-run each block when asked.
+    given (gradient settling works on block states). ``memory="low"`` keeps the states only: the free pass under
+    activation checkpointing (:class:`CheckpointedBlock`), placed states as :class:`RecomputedBlock`; each product
+    re-runs the block.
     """
     s, dtype, lin = stack.inputs, None, Linearization([], [])
     for l, block in enumerate(stack.blocks):
         if states is not None and l > 0:
             s = states[l - 1]
-        if memory == "low":
+        if memory == "low" and errors is None and states is None:  # the free pass
+            b = CheckpointedBlock(block, s, dtype, input_grad=l > 0)
+        elif memory == "low":
             b = RecomputedBlock(block, s, dtype)
         else:  # s_0 is clamped: no VJP into it is needed, and block 1 keeps its block state
             b = linearize_block(block, s, dtype, input_grad=l > 0, inner_states=l > 0 and states is None,
@@ -375,7 +394,11 @@ class ScaleFreeBeta:
     def resolve(self, errors: Sequence[Tensor], state_norms: Tensor) -> float:
         """β for a unit sweep's ``errors`` at states of norms ``state_norms`` (:func:`_norms`), read back in one
         device sync."""
-        error_norms = _norms(errors)
+        return self.resolve_from_norms(_norms(errors), state_norms)
+
+    def resolve_from_norms(self, error_norms, state_norms: Tensor) -> float:
+        """The same from the unit errors' norms."""
+        error_norms = torch.as_tensor(error_norms, dtype=state_norms.dtype, device=state_norms.device)
         ratios = torch.where(state_norms > 0, error_norms / state_norms, torch.zeros_like(error_norms))
         largest = float(ratios.max())
         return self.displacement / largest if largest > 0 and math.isfinite(largest) else 1.0
@@ -512,6 +535,89 @@ class Contrast:
 
 
 
+@dataclass
+class DeferredSweep:
+    """The nudged phases of a ``memory="low"`` step before their last sweep, which :class:`SweepContrast` runs:
+    ``settled`` holds the phases after ``steps − 1`` sweeps (``None`` with one sweep: it starts from the free
+    state, and β is resolved from it)."""
+
+    beta: float | ScaleFreeBeta
+    nudging: str
+    settled: list[Phase] | None
+
+
+@dataclass
+class SweepContrast:
+    """The contrast of ``memory="low"``, fused with the last sweep: back to front, each block is re-run once at the
+    state that sweep linearizes it at, and one backward gives both its input VJP (the next error) and its parameter
+    product ``J_θ f_l(s_{l−1})ᵀ e_l`` (the contrast's layer gradient at that state).
+
+    Why: the low mode re-runs every block anyway, and a contrast at the states the last sweep's errors would place
+    costs a further forward and a parameter backward of every block: 6 forward passes of work against activation
+    checkpointing's 4 (``docs/transformer_memory.md``). Fused, it costs what checkpointing does. The contrast is
+    then taken at the states the last sweep linearized, the previous iterate of settling instead of the next: the
+    same states once a phase has settled (a fixed point of the sweep). With one sweep (the default) that is the free
+    state, every phase's errors are ``β_k·u`` of one unit sweep ``u``, and ``Σ_k w_k β_k = 1`` for every nudging
+    scheme, so all phases share that one sweep and the gradient is EP's β → 0 limit, exactly: β and the nudging
+    then only set the energies reported and checked. ``phases`` is filled in by the call (diagnostics).
+    """
+
+    free: Linearization
+    pending: DeferredSweep
+    divergence_threshold: float = SettleConfig.divergence_threshold
+    grad_scale: float = 1.0
+    loss: Callable[[Tensor], Tensor] | None = None
+    phases: list[Phase] = field(default_factory=list)
+
+    def __call__(self, stack: BlockStack) -> Tensor:
+        grads: dict[Tensor, Tensor] = {}
+        scale = -self.grad_scale / stack.batch_size
+        free, self.free = self.free, None
+        if self.pending.settled is None:
+            state_norms, loss = _norms(free.states), free.loss
+            unit = _fused_sweep(free, scale, grads)
+            beta = self.pending.beta
+            if isinstance(beta, ScaleFreeBeta):
+                beta = beta.resolve_from_norms([math.sqrt(v) for v in unit], state_norms)
+            betas = nudging_betas(beta, self.pending.nudging)
+            self.phases = [Phase(b, [], 1, b * loss, [None] * len(unit)) for b in betas]
+            sweeps = [(unit, loss)] * len(self.phases)
+        else:
+            if self.loss is not None:
+                stack.loss = self.loss  # the phases settled with the caller's loss
+            self.phases, self.pending.settled = self.pending.settled, None
+            weights, _ = contrast_weights([p.beta for p in self.phases])
+            sweeps = []
+            for phase, w in zip(self.phases, weights):
+                lin = linearize(stack, errors=phase.errors, memory="low")
+                phase.errors, phase.steps = [], phase.steps + 1
+                sweeps.append((_fused_sweep(lin, scale * w * phase.beta, grads), lin.loss))
+        value = 0.0
+        weights, _ = contrast_weights([p.beta for p in self.phases])
+        for phase, (unit, loss), w in zip(self.phases, sweeps, weights):
+            layers = [0.5 * phase.beta**2 * v / stack.batch_size for v in unit]
+            phase.energy = sum(layers) + phase.beta * loss
+            check_energy(phase.energy, phase.start_energy, layers, phase.steps, phase.beta, self.divergence_threshold)
+            value += w * sum(layers)
+        return contrast_value(value, self.grad_scale, grads, stack.inputs)
+
+
+def _fused_sweep(lin: Linearization, scale: float, grads: dict) -> list[float]:
+    """A unit sweep (``e_L = −B·∂L/∂s_L``) through ``lin``'s blocks, adding each block's parameter product times
+    ``scale`` into ``grads``; consumes ``lin`` on the way. Returns ``‖e_l‖²`` per layer, front to back, read back
+    in one device sync."""
+    error, lin.loss_grad = [lin.loss_grad.neg_()], None  # handed to each block's backward, which frees it
+    norms = []
+    for l in range(len(lin.blocks) - 1, -1, -1):
+        norms.append(_norms(error)[0])
+        block, lin.blocks[l], lin.states[l] = lin.blocks[l], None, None  # the output state: only its error is needed
+        e, pairs = vjp_and_parameter_grads(block, error, scale, input_grad=l > 0)
+        accumulate(grads, pairs)
+        error = [e]
+        del block, pairs, e
+    return torch.stack(norms[::-1]).square().tolist()
+
+
 class LayeredEnergy:
     """``E = 1/B Σ_l ½‖s_l − f_l(s_{l−1})‖²``: the free phase is the forward pass; nudged phases settle by sweeps."""
 
@@ -526,10 +632,16 @@ class LayeredEnergy:
     def free_phase(self, stack: BlockStack, config: SettleConfig) -> Linearization:
         return free_phase(stack, config.memory)
 
-    def nudged_phases(self, stack, free, beta, nudging, config) -> list[Phase]:
+    def nudged_phases(self, stack, free, beta, nudging, config) -> list[Phase] | DeferredSweep:
+        if _fuses_last_sweep(config):
+            settled = None if config.steps == 1 else nudged_phases(stack, free, beta, nudging,
+                                                                  replace(config, steps=config.steps - 1))
+            return DeferredSweep(beta, nudging, settled)
         return nudged_phases(stack, free, beta, nudging, config)
 
-    def contrast(self, free, phases, config, grad_scale, loss) -> Contrast:
+    def contrast(self, free, phases, config, grad_scale, loss) -> Contrast | SweepContrast:
+        if isinstance(phases, DeferredSweep):
+            return SweepContrast(free, phases, config.divergence_threshold, grad_scale, loss)
         # The contrast keeps only block 1's linearization of the free pass, and frees it after layer 1.
         return Contrast(phases, config.divergence_threshold, first_block=free.blocks[0], grad_scale=grad_scale,
                         loss=loss)
@@ -545,6 +657,11 @@ class LayeredEnergy:
         return {"ep_energy": sum(p.energy for p in phases) / len(phases),
                 "ep_settle_steps": sum(p.steps for p in phases) / len(phases),
                 "ep_beta": abs(phases[0].beta)}
+
+
+def _fuses_last_sweep(config: SettleConfig) -> bool:
+    """Low memory with sweep settling: the last sweep and the contrast are one pass (:class:`SweepContrast`)."""
+    return config.memory == "low" and config.mode == "sweep"
 
 
 register_energy(LayeredEnergy())
