@@ -43,7 +43,7 @@ from mep_hf.data import load_mnist
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "examples"), str(ROOT / "benchmarks")]
 from memory import SCRATCH, tensor_peak  # noqa: E402  (the allocation-record peak and the scratch output_dir)
-from run_utils import command_line, cpu_model, write_run_info  # noqa: E402
+from run_utils import command_line, cpu_model, git_commit, write_run_info  # noqa: E402
 
 METHODS = ("backprop", "ep_fast", "ep_low")
 
@@ -162,7 +162,7 @@ def run_depth(args: DeepScalingArguments, depth: int, mnist) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     rows = mnist["train"][torch.randperm(len(mnist["train"]), generator=g)[: args.batch_size].tolist()]
     batch = {"pixel_values": rows["pixel_values"], "labels": rows["labels"]}
-    record = {"depth": depth, "command": command_line(), "settings": asdict(args),
+    record = {"depth": depth, "command": command_line(), "commit": git_commit(), "settings": asdict(args),
               "parameters": sum(p.numel() for p in model.parameters()),
               "machine": f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)",
               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
@@ -271,7 +271,10 @@ def markdown(records: dict[int, dict]) -> str:
         "optimizer, logging included). β is small because a nudge moves block l's state by about l·β (the skip",
         "paths add up the errors), so EP's bias grows with depth; the cosines below show it at depth 10,000 (β=1e-5).",
         "The machine is shared: step times are medians of interleaved steps, so the ratios hold better than the",
-        "absolute times, which depend on the load shown at the bottom.",
+        "absolute times, which depend on the load shown at the bottom. Each row names the commit it ran: from",
+        "ac92491 on, `ep_memory=\"low\"` fuses the last sweep with the contrast (one sweep: the β → 0 limit, at",
+        "checkpointing's cost); a row without a commit, or before it, ran the placed contrast",
+        "(`docs/transformer_memory.md`).",
         "",
         *checks(records),
         "",
@@ -298,14 +301,14 @@ def markdown(records: dict[int, dict]) -> str:
     for d, r in records.items():
         for k, g in r["probe"]["grad_norms"].items():
             lines.append(f"| {d:,} | {k} | {g['ep']:.4g} | {g['backprop']:.4g} | {g['cosine']:.6f} |")
-    lines += ["", "| depth | command | machine | load average (start → end) | training wall time (s) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| depth | command | commit | machine | load average (start → end) | training wall time (s) |",
+              "|---|---|---|---|---|---|"]
     for d, r in records.items():
         info = r.get("train", {}).get("run_info", {}).get("machine", {})
         end = info.get("load_average_at_end", "–")
         seconds = number(r.get("train", {}).get("train_seconds"), ".0f")
-        lines.append(f"| {d:,} | `{r['command']}` | {r['machine']} | {r['load_average_at_start']} → {end} | "
-                     f"{seconds} |")
+        lines.append(f"| {d:,} | `{r['command']}` | {r.get('commit') or '–'} | {r['machine']} | "
+                     f"{r['load_average_at_start']} → {end} | {seconds} |")
     return "\n".join(lines) + "\n"
 
 

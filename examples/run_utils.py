@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join([*env, "python", shlex.join(argv)])
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes), so a recorded number names the code that made it;
+    ``None`` outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else "")
+
+
 def write_run_info(output_dir: str | os.PathLike, train_seconds: float, **extra) -> dict:
     """Write ``run_info.json``: command, training wall time, machine, library versions, date (and ``extra``)."""
     import transformers
@@ -48,6 +61,7 @@ def write_run_info(output_dir: str | os.PathLike, train_seconds: float, **extra)
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
         **extra,
     }
     path = Path(output_dir) / "run_info.json"
