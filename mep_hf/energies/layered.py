@@ -570,8 +570,11 @@ class SweepContrast:
     phases: list[Phase] = field(default_factory=list)
 
     def __call__(self, stack: BlockStack) -> Tensor:
+        """The layer gradients into one scalar (:func:`~mep_hf.equilibrium.contrast_value`), each phase's energy
+        recorded and checked: with one sweep the minimum of the linearized phase, ``β_k·L − Σ_l ½‖e_l‖²/B`` (it
+        cannot grow: a sweep from the free state is a VJP), otherwise F at the states the contrast is taken at."""
         grads: dict[Tensor, Tensor] = {}
-        scale = -self.grad_scale / stack.batch_size
+        scale, batch = -self.grad_scale / stack.batch_size, stack.batch_size
         free, self.free = self.free, None
         if self.pending.settled is None:
             state_norms, loss = _norms(free.states), free.loss
@@ -579,26 +582,26 @@ class SweepContrast:
             beta = self.pending.beta
             if isinstance(beta, ScaleFreeBeta):
                 beta = beta.resolve_from_norms([math.sqrt(v) for v in unit], state_norms)
-            betas = nudging_betas(beta, self.pending.nudging)
-            self.phases = [Phase(b, [], 1, b * loss, [None] * len(unit)) for b in betas]
-            sweeps = [(unit, loss)] * len(self.phases)
+            self.phases = [Phase(b, [], 1, b * loss, [None] * len(unit)) for b in nudging_betas(beta, self.pending.nudging)]
+            layers = [[0.5 * p.beta**2 * v / batch for v in unit] for p in self.phases]
+            energies = [p.start_energy - sum(e) for p, e in zip(self.phases, layers)]
         else:
             if self.loss is not None:
                 stack.loss = self.loss  # the phases settled with the caller's loss
             self.phases, self.pending.settled = self.pending.settled, None
             weights, _ = contrast_weights([p.beta for p in self.phases])
-            sweeps = []
+            layers, energies = [], []
             for phase, w in zip(self.phases, weights):
+                layers.append(_layer_energies(phase.errors, phase.inner, batch))
                 lin = linearize(stack, errors=phase.errors, memory="low")
                 phase.errors, phase.steps = [], phase.steps + 1
-                sweeps.append((_fused_sweep(lin, scale * w * phase.beta, grads), lin.loss))
-        value = 0.0
+                _fused_sweep(lin, scale * w * phase.beta, grads)
+                energies.append(sum(layers[-1]) + phase.beta * lin.loss)
         weights, _ = contrast_weights([p.beta for p in self.phases])
-        for phase, (unit, loss), w in zip(self.phases, sweeps, weights):
-            layers = [0.5 * phase.beta**2 * v / stack.batch_size for v in unit]
-            phase.energy = sum(layers) + phase.beta * loss
-            check_energy(phase.energy, phase.start_energy, layers, phase.steps, phase.beta, self.divergence_threshold)
-            value += w * sum(layers)
+        for phase, phase_layers, energy in zip(self.phases, layers, energies):
+            phase.energy = energy
+            check_energy(energy, phase.start_energy, phase_layers, phase.steps, phase.beta, self.divergence_threshold)
+        value = sum(w * sum(phase_layers) for w, phase_layers in zip(weights, layers))
         return contrast_value(value, self.grad_scale, grads, stack.inputs)
 
 
