@@ -255,12 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
     path = out / f"defaults{suffix}.json"
     if path.exists():  # a run of some models updates theirs and keeps the others'
         kept = json.loads(path.read_text())
-        results, frontiers = {**kept["results"], **results}, {**kept["frontier"], **frontiers}
+        results, frontiers = {**kept.get("results", {}), **results}, {**kept.get("frontier", {}), **frontiers}
         runs = {**kept.get("runs", {}), **{name: vars(bench) for name in bench.models}}
     else:
         runs = {name: vars(bench) for name in bench.models}
-    order = [name for name in MODELS if name in results]
-    results = {name: results[name] for name in order}
+    order = [name for name in MODELS if name in results or name in frontiers]
+    results = {name: results[name] for name in order if name in results}
     frontiers = {name: frontiers[name] for name in order if name in frontiers}
     path.write_text(json.dumps({"runs": runs, "results": results, "frontier": frontiers}, indent=2))
     text = tables(results, frontiers)
