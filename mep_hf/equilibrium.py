@@ -213,10 +213,13 @@ def closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> BlockLi
     """The block's own analytic linearization at ``state`` (``block.ep_linearize``), where it offers one. Not for
     a block whose parameters are sharded (FSDP2, ZeRO-3): a closed form reads them outside the block's call, and only
     the call gathers them (``mep_hf.distributed``)."""
-    analytic = getattr(block, "ep_linearize", None)
-    if analytic is None or feed_dtype not in (None, state.dtype) or _sharded(block):
-        return None
-    return analytic(state)
+    return block.ep_linearize(state) if has_closed_form(block, state, feed_dtype) else None
+
+
+def has_closed_form(block, state: Tensor, feed_dtype: torch.dtype | None) -> bool:
+    """Whether ``block`` offers a closed form usable at ``state`` (checked without building it; its ``ep_linearize``
+    may still decline, for :func:`linearize_block` to fall back on autograd)."""
+    return getattr(block, "ep_linearize", None) is not None and feed_dtype in (None, state.dtype) and not _sharded(block)
 
 
 def _sharded(block) -> bool:
@@ -306,6 +309,7 @@ __all__ = [
     "contrast_value",
     "contrast_weights",
     "energy_diverged",
+    "has_closed_form",
     "linearize_block",
     "nudging_betas",
     "parameter_grads",

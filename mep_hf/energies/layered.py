@@ -60,6 +60,7 @@ from ..equilibrium import (
     contrast_value,
     contrast_weights,
     energy_diverged,
+    has_closed_form,
     nudging_betas,
     vjp_and_parameter_grads,
 )
@@ -232,15 +233,15 @@ def linearize(
     With neither, this is the free phase: the β = 0 equilibrium is the feed-forward pass (all errors zero).
     ``memory="fast"`` gives blocks after the first inner states (:class:`InnerStatesBlock`) unless ``states`` are
     given (gradient settling works on block states). ``memory="low"`` keeps the states only: the free pass under
-    activation checkpointing (:class:`CheckpointedBlock`), placed states as :class:`RecomputedBlock`; each product
-    re-runs the block.
+    activation checkpointing (:class:`CheckpointedBlock`), placed states and blocks with a closed form (whose
+    products are cheaper than checkpointing's hooks) as :class:`RecomputedBlock`; each product re-runs the block.
     """
     s, dtype, lin = stack.inputs, None, Linearization([], [])
     for l, block in enumerate(stack.blocks):
         if states is not None and l > 0:
             s = states[l - 1]
-        if memory == "low" and errors is None and states is None:  # the free pass
-            b = CheckpointedBlock(block, s, dtype, input_grad=l > 0)
+        if memory == "low" and errors is None and states is None and not has_closed_form(block, s, dtype):
+            b = CheckpointedBlock(block, s, dtype, input_grad=l > 0)  # the free pass, autograd's blocks
         elif memory == "low":
             b = RecomputedBlock(block, s, dtype)
         else:  # s_0 is clamped: no VJP into it is needed, and block 1 keeps its block state
