@@ -32,15 +32,15 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit (``+dirty`` with uncommitted changes), so a recorded number names the code that made it;
-    ``None`` outside a git checkout."""
+    """The checkout's commit (``+dirty`` with uncommitted changes outside ``docs/``, which benchmarks rewrite as
+    they run), so a recorded number names the code that made it; ``None`` outside a git checkout."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
 
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode != 0:
         return None
-    return head.stdout.strip() + ("+dirty" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else "")
+    return head.stdout.strip() + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)docs").stdout.strip() else "")
 
 
 def write_run_info(output_dir: str | os.PathLike, train_seconds: float, **extra) -> dict:
