@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -31,9 +32,11 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join([*env, "python", shlex.join(argv)])
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The checkout's commit (``+dirty`` with uncommitted changes outside ``docs/``, which benchmarks rewrite as
-    they run), so a recorded number names the code that made it; ``None`` outside a git checkout."""
+    they run), so a recorded number names the code that made it; ``None`` outside a git checkout. Read once per
+    process: ask at its start, when it imports the code."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True)
 
