@@ -169,10 +169,10 @@ class AutogradBlock:
 
     def vjp_and_parameter_grads(self, error: list[Tensor], scale: float, input_grad: bool) -> tuple[Tensor | None, list]:
         """Both products from one backward of the graph (a sweep that is also the contrast, ``memory="low"``), the
-        VJP ``None`` without ``input_grad`` (or an input that needs none); the linearization's last use. ``error``: a one-element list the call empties, so that the
-        backward owns the error and frees it once the block's last op has used it, as backprop's backward frees a
-        layer's output gradient. float16 keeps two backwards: its parameter product runs at the loss scale
-        (:func:`parameter_grads`), the VJP at none."""
+        VJP ``None`` without ``input_grad`` (or an input that needs none); the linearization's last use. ``error``:
+        a one-element list the call empties, so that the backward owns the error and frees it once the block's last
+        op has used it, as backprop's backward frees a layer's output gradient. float16 keeps two backwards: its
+        parameter product runs at the loss scale (:func:`parameter_grads`), the VJP at none."""
         leaves, input_grad = self.leaves(), input_grad and self.input.requires_grad
         if not input_grad or not leaves or self.output.dtype == torch.float16:
             e = error.pop()

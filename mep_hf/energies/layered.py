@@ -582,9 +582,10 @@ class SweepContrast:
             unit = _fused_sweep(free, scale, grads)
             beta = self.pending.beta
             if isinstance(beta, ScaleFreeBeta):
-                beta = beta.resolve_from_norms([math.sqrt(v) for v in unit], state_norms)
+                beta = beta.resolve_from_norms(unit, state_norms)
             self.phases = [Phase(b, [], 1, b * loss, [None] * len(unit)) for b in nudging_betas(beta, self.pending.nudging)]
-            layers = [[0.5 * p.beta**2 * v / batch for v in unit] for p in self.phases]
+            weights, _ = contrast_weights([p.beta for p in self.phases])
+            layers = [[0.5 * (p.beta * v) ** 2 / batch for v in unit] for p in self.phases]
             energies = [p.start_energy - sum(e) for p, e in zip(self.phases, layers)]
         else:
             if self.loss is not None:
@@ -598,7 +599,6 @@ class SweepContrast:
                 phase.errors, phase.steps = [], phase.steps + 1
                 _fused_sweep(lin, scale * w * phase.beta, grads)
                 energies.append(sum(layers[-1]) + phase.beta * lin.loss)
-        weights, _ = contrast_weights([p.beta for p in self.phases])
         for phase, phase_layers, energy in zip(self.phases, layers, energies):
             phase.energy = energy
             check_energy(energy, phase.start_energy, phase_layers, phase.steps, phase.beta, self.divergence_threshold)
@@ -608,7 +608,7 @@ class SweepContrast:
 
 def _fused_sweep(lin: Linearization, scale: float, grads: dict) -> list[float]:
     """A unit sweep (``e_L = −B·∂L/∂s_L``) through ``lin``'s blocks, adding each block's parameter product times
-    ``scale`` into ``grads``; consumes ``lin`` on the way. Returns ``‖e_l‖²`` per layer, front to back, read back
+    ``scale`` into ``grads``; consumes ``lin`` on the way. Returns ``‖e_l‖`` per layer, front to back, read back
     in one device sync."""
     error, lin.loss_grad = [lin.loss_grad.neg_()], None  # handed to each block's backward, which frees it
     norms = []
@@ -619,7 +619,7 @@ def _fused_sweep(lin: Linearization, scale: float, grads: dict) -> list[float]:
         accumulate(grads, pairs)
         error = [e]
         del block, pairs, e
-    return torch.stack(norms[::-1]).square().tolist()
+    return torch.stack(norms[::-1]).tolist()
 
 
 class LayeredEnergy:
